@@ -1,0 +1,7 @@
+"""`python -m harness [overrides...]`: run a sweep (see harness.cli)."""
+
+import sys
+
+from harness.cli import main
+
+sys.exit(main())

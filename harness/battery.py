@@ -1,0 +1,53 @@
+"""The evaluation battery run on every trial's model and once on the base model.
+
+Reads `conf/eval/` and the held-out data sets; returns plain metrics and sample generations.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from omegaconf import DictConfig
+
+from harness import data, evaluate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BatteryResult:
+    """Metrics (name -> value), sample generations and how long it took."""
+
+    metrics: dict = field(default_factory=dict)
+    samples: list = field(default_factory=list)
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def run_battery(model, tokenizer, cfg: DictConfig, progress: bool = True) -> BatteryResult:
+    """Perplexity on held-out text and ROUGE on greedy generations, as `cfg.eval` says."""
+    start = time.perf_counter()
+    result = BatteryResult()
+    model.eval()
+    ppl_cfg, rouge_cfg = cfg.eval.perplexity, cfg.eval.rouge
+    if ppl_cfg.enabled:
+        texts = data.perplexity_texts(cfg.data.perplexity, ppl_cfg.get("max_texts"))
+        ppl = evaluate.perplexity(model, tokenizer, texts, max_length=int(ppl_cfg.max_length),
+                                  stride=int(ppl_cfg.stride), batch_size=int(ppl_cfg.batch_size),
+                                  progress=progress)
+        result.metrics.update({"perplexity": ppl["perplexity"], "eval_nll": ppl["nll"]})
+        log.info("perplexity %.3f over %d tokens", ppl["perplexity"], ppl["tokens"])
+    if rouge_cfg.enabled:
+        prompts, refs = data.rouge_pairs(cfg.data.rouge, rouge_cfg.get("max_samples"))
+        outputs = evaluate.generate(model, tokenizer, prompts,
+                                    max_new_tokens=int(rouge_cfg.max_new_tokens),
+                                    batch_size=int(rouge_cfg.batch_size), progress=progress)
+        result.metrics.update(evaluate.rouge(outputs, refs))
+        keep = int(cfg.eval.get("samples_in_record", 8))
+        result.samples = [{"prompt": p, "reference": r, "generation": g}
+                          for p, r, g in list(zip(prompts, refs, outputs, strict=True))[:keep]]
+        log.info("rougeL %.4f on %d prompts", result.metrics["rougeL"], len(prompts))
+    result.seconds = time.perf_counter() - start
+    return result

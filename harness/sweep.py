@@ -1,0 +1,369 @@
+"""The sweep driver: an Optuna study driven with ask/tell, one launcher job per trial.
+
+    prepare()  validate everything (configs, search space, data), before any job runs
+    run()      evaluate the base model once, then ask -> submit -> poll -> tell until the study
+               has `sweep.n_trials` finished trials; re-running resumes the same study
+
+Folders: sweeps/<name>/sweep.yaml (driver config), study.db (or journal), baseline/<hash>/,
+trials/<number>/ (config.yaml, trial.log, result.json, model/).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from harness.config import (
+    ConfigError,
+    compose_config,
+    resolve_paths,
+    to_yaml,
+    validate_trial_config,
+)
+from harness.launcher import Job, Launcher, make_launcher, trial_threads
+from harness.records import (
+    COMPLETE,
+    CONFIG_FILE,
+    FAILED,
+    PRUNED,
+    TrialError,
+    TrialRecord,
+    git_commit,
+    read_record,
+    write_record,
+)
+from harness.space import (
+    Param,
+    drop_fixed,
+    grid_size,
+    is_active,
+    parse_space,
+    suggest,
+    to_overrides,
+)
+from harness.study import make_pruner, make_sampler, make_storage
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "sweep.yaml"
+STALE_ATTR = "retried_as_new_trial"
+
+
+@dataclass
+class Sweep:
+    """A validated sweep, ready to run."""
+
+    cfg: DictConfig
+    cli_overrides: list[str]
+    space: list[Param]
+    fixed: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return str(self.cfg.sweep.name)
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.cfg.paths.sweeps) / self.name
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        return [(str(o.metric), str(o.direction)) for o in self.cfg.sweep.objectives]
+
+
+def prepare(cli_overrides: list[str]) -> Sweep:
+    """Compose and validate the sweep and every kind of trial it can make; raise ConfigError."""
+    cfg = resolve_paths(compose_config(cli_overrides))
+    space, fixed = drop_fixed(parse_space(cfg.sweep.params), cli_overrides)
+    sweep = Sweep(cfg=cfg, cli_overrides=list(cli_overrides), space=space, fixed=fixed)
+    _check_sweep_fields(sweep)
+    make_sampler(cfg.sweep.sampler, space, len(sweep.objectives))
+    make_pruner(cfg.sweep.pruner)
+    for values in probe_points(space):
+        validate_trial_config(trial_config(sweep, values))
+    return sweep
+
+
+def _check_sweep_fields(sweep: Sweep) -> None:
+    n = sweep.cfg.sweep.n_trials
+    if not isinstance(n, int) or n <= 0:
+        raise ConfigError(f"sweep.n_trials must be a positive integer, got {n!r}")
+    if not sweep.objectives:
+        raise ConfigError("sweep.objectives is empty")
+    for metric, direction in sweep.objectives:
+        if direction not in {"minimize", "maximize"}:
+            raise ConfigError(f"sweep.objectives: direction of {metric} must be minimize or "
+                              f"maximize, got {direction!r}")
+    if int(sweep.cfg.launcher.parallel) <= 0:
+        raise ConfigError(f"launcher.parallel must be > 0, got {sweep.cfg.launcher.parallel}")
+
+
+def probe_points(space: list[Param]) -> list[dict]:
+    """Parameter values that exercise every choice and both ends of every range."""
+    def extremes(param: Param) -> list:
+        return list(param.choices) if param.type == "categorical" else [param.low, param.high]
+
+    base: dict = {}
+    for param in space:
+        if is_active(param, base):
+            base[param.name] = extremes(param)[0]
+    points = [base]
+    for param in space:
+        for value in extremes(param):
+            point = {**base, param.name: value}
+            points.append({p.name: point[p.name] for p in space
+                           if p.name in point and is_active(p, point)})
+    return points
+
+
+def trial_config(sweep: Sweep, values: dict) -> DictConfig:
+    """The trial's config: the command line plus the suggested values as Hydra overrides."""
+    overrides = sweep.cli_overrides + to_overrides(sweep.space, values)
+    return resolve_paths(compose_config(overrides))
+
+
+def check_inputs(sweep: Sweep) -> None:
+    """Build the embedded model/data if needed, then open every data file (fails fast)."""
+    from harness.data import check_data
+
+    cfg = sweep.cfg
+    if "embedded" in (cfg.model.source, cfg.data.source):
+        from harness.embedded import build_embedded
+
+        build_embedded(cfg.paths.embedded)
+    if cfg.model.source == "embedded" and not Path(str(cfg.model.path)).is_dir():
+        raise ConfigError(f"model.path: no model directory at {cfg.model.path}")
+    check_data(cfg.data)
+
+
+def open_study(sweep: Sweep) -> optuna.Study:
+    """Create the study, or load it when the same sweep ran before (resume)."""
+    cfg = sweep.cfg
+    study = optuna.create_study(
+        study_name=sweep.name,
+        storage=make_storage(cfg.storage),
+        sampler=make_sampler(cfg.sweep.sampler, sweep.space, len(sweep.objectives)),
+        pruner=make_pruner(cfg.sweep.pruner),
+        directions=[d for _, d in sweep.objectives],
+        load_if_exists=True,
+    )
+    if not study.user_attrs.get("enqueued"):
+        for params in cfg.sweep.get("enqueue") or []:
+            study.enqueue_trial(OmegaConf.to_container(params), skip_if_exists=True)
+        study.set_user_attr("enqueued", True)
+        study.set_metric_names([m for m, _ in sweep.objectives])
+    return study
+
+
+class Driver:
+    """Runs the ask/submit/poll/tell loop for one sweep."""
+
+    def __init__(self, sweep: Sweep, study: optuna.Study, launcher: Launcher):
+        self.sweep, self.study, self.launcher = sweep, study, launcher
+        self.running: dict[int, Job] = {}
+        self.baseline: TrialRecord | None = None
+        self.commit = git_commit()
+        self.threads = trial_threads(sweep.cfg.launcher)
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> None:
+        self.baseline = self.evaluate_base()
+        self.recover()
+        target = self.target_trials()
+        deadline = _deadline(self.sweep.cfg.sweep.get("timeout_min"))
+        with tqdm(total=target, initial=self.finished_count(), desc=f"sweep {self.sweep.name}",
+                  unit="trial") as bar:
+            while True:
+                self.start_trials(self._slots(target, deadline))
+                if not self.running:
+                    break
+                for number in self.wait_any():
+                    self.finish(number)
+                    bar.update(1)
+                    bar.set_postfix_str(self._best_text())
+
+    def _slots(self, target: int, deadline: float | None) -> int:
+        """How many new trials may start now (parallel limit, target count, timeout)."""
+        if deadline is not None and time.time() > deadline:
+            return 0
+        free = self.launcher.parallel - len(self.running)
+        return max(0, min(free, target - self.finished_count() - len(self.running)))
+
+    def target_trials(self) -> int:
+        target = int(self.sweep.cfg.sweep.n_trials)
+        if self.sweep.cfg.sweep.sampler.get("name") == "grid":
+            size = grid_size(self.sweep.space)
+            if target > size:
+                log.warning("sweep.n_trials=%d > grid size %d: running %d", target, size, size)
+            return min(target, size)
+        return target
+
+    def finished_count(self) -> int:
+        count = 0
+        for trial in self.study.get_trials(deepcopy=False):
+            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                count += 1
+            elif trial.state == TrialState.FAIL and not trial.user_attrs.get(STALE_ATTR):
+                count += 1
+        return count
+
+    # -- one trial --------------------------------------------------------------------------
+    def start_trials(self, count: int) -> None:
+        """Ask Optuna for `count` trials, write their folders, submit them together (a SLURM
+        launcher sends them as one job array)."""
+        if count <= 0:
+            return
+        asked = [self.prepare_trial() for _ in range(count)]
+        jobs = self.launcher.submit_many([trial_dir for _, trial_dir in asked])
+        for (number, _), job in zip(asked, jobs, strict=True):
+            self.running[number] = job
+
+    def prepare_trial(self) -> tuple[int, Path]:
+        """Ask one trial and write its folder and fully resolved config."""
+        trial = self.study.ask()
+        values = suggest(trial, self.sweep.space)
+        trial_dir = self.sweep.dir / "trials" / f"{trial.number:04d}"
+        trial_dir.mkdir(parents=True, exist_ok=False)
+        trial.set_user_attr("dir", str(trial_dir))
+        cfg = trial_config(self.sweep, values)
+        cfg.trial = {"number": trial.number, "trial_id": trial._trial_id,
+                     "study_name": self.sweep.name, "params": values,
+                     "threads": self.threads, "git_commit": self.commit, "dir": str(trial_dir)}
+        (trial_dir / CONFIG_FILE).write_text(to_yaml(cfg))
+        log.info("trial %d: %s", trial.number, values)
+        return trial.number, trial_dir
+
+    def wait_any(self) -> list[int]:
+        """Block until at least one running trial ends; return their numbers."""
+        poll = float(self.sweep.cfg.launcher.get("poll_seconds", 1.0))
+        while True:
+            ended = [n for n, job in self.running.items() if job.done()]
+            if ended:
+                return ended
+            time.sleep(poll)
+
+    def finish(self, number: int) -> None:
+        """Read the ended trial's record (or write one for a job that died) and tell Optuna."""
+        job = self.running.pop(number)
+        record = read_record(job.trial_dir) or self._lost_record(number, job)
+        self.tell(number, record, job.trial_dir)
+
+    def _lost_record(self, number: int, job: Job) -> TrialRecord:
+        cfg = OmegaConf.load(job.trial_dir / CONFIG_FILE)
+        return TrialRecord(number=number, status=FAILED, method=str(cfg.method.name),
+                           params=OmegaConf.to_container(cfg.trial.params), seed=int(cfg.seed),
+                           log_path=str(job.trial_dir / "trial.log"),
+                           error=TrialError("JobLost", job.failure_reason(),
+                                            str(job.trial_dir / "trial.log")))
+
+    def tell(self, number: int, record: TrialRecord, trial_dir: Path) -> None:
+        if record.status == COMPLETE:
+            record.delta_vs_base = deltas(record.metrics, self.baseline)
+            missing = [m for m, _ in self.sweep.objectives if m not in record.metrics]
+            if missing:
+                record.status = FAILED
+                record.error = TrialError("MissingMetric", f"objective metric(s) {missing} "
+                                          "not in the trial's metrics", record.log_path)
+        write_record(record, trial_dir)
+        if record.error is not None:
+            self.study.set_trial_user_attr(self._trial_id(number), "error",
+                                           f"{record.error.type}: {record.error.message}")
+        if record.status == COMPLETE:
+            values = [float(record.metrics[m]) for m, _ in self.sweep.objectives]
+            self.study.tell(number, values)
+        else:
+            state = TrialState.PRUNED if record.status == PRUNED else TrialState.FAIL
+            self.study.tell(number, state=state)
+        log.info("trial %d %s", number, record.status if record.status != FAILED
+                 else f"FAILED: {record.error.type}: {record.error.message}")
+
+    def _trial_id(self, number: int) -> int:
+        return self.study.get_trials(deepcopy=False)[number]._trial_id
+
+    # -- resume -----------------------------------------------------------------------------
+    def recover(self) -> None:
+        """Handle trials a killed driver left RUNNING: tell finished ones, re-attach live
+        ones, and mark dead ones FAILED and ask for their parameters again."""
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            trial_dir = Path(trial.user_attrs.get("dir", ""))
+            record = read_record(trial_dir) if trial.user_attrs.get("dir") else None
+            if record is not None:
+                self.tell(trial.number, record, trial_dir)
+                continue
+            job = self.launcher.reattach(trial_dir) if trial.user_attrs.get("dir") else None
+            if job is not None:
+                log.info("trial %d still running: re-attached", trial.number)
+                self.running[trial.number] = job
+                continue
+            log.warning("trial %d was left running by a dead driver: retrying its parameters",
+                        trial.number)
+            self.study.set_trial_user_attr(trial._trial_id, STALE_ATTR, True)
+            self.study.tell(trial.number, state=TrialState.FAIL)
+            self.study.enqueue_trial(trial.params)
+
+    # -- base model -------------------------------------------------------------------------
+    def evaluate_base(self) -> TrialRecord:
+        """Evaluate the base model once per sweep (cached by model, data and eval config)."""
+        cfg = self.sweep.cfg
+        key = {"model": cfg.model, "data": cfg.data, "eval": cfg.eval}
+        digest = hashlib.sha256(to_yaml(OmegaConf.create(key)).encode()).hexdigest()[:12]
+        base_dir = self.sweep.dir / "baseline" / digest
+        record = read_record(base_dir)
+        if record is not None and record.status == COMPLETE:
+            return record
+        base_dir.mkdir(parents=True, exist_ok=True)
+        base_cfg = cfg.copy()
+        base_cfg.trial = {"number": -1, "baseline": True, "params": {}, "threads": self.threads,
+                          "git_commit": self.commit, "dir": str(base_dir)}
+        (base_dir / CONFIG_FILE).write_text(to_yaml(base_cfg))
+        print(f"evaluating the base model once for this sweep ({base_dir})", flush=True)
+        job = self.launcher.submit(base_dir)
+        while not job.done():
+            time.sleep(float(cfg.launcher.get("poll_seconds", 1.0)))
+        record = read_record(base_dir)
+        if record is None or record.status != COMPLETE:
+            reason = record.error.message if record and record.error else job.failure_reason()
+            raise RuntimeError(f"base model evaluation failed: {reason} "
+                               f"(log: {base_dir / 'trial.log'})")
+        return record
+
+    def _best_text(self) -> str:
+        try:
+            best = self.study.best_trials[0]
+        except (ValueError, IndexError):
+            return ""
+        return f"best #{best.number}: " + ", ".join(
+            f"{m}={v:.4g}" for (m, _), v in zip(self.sweep.objectives, best.values, strict=True))
+
+
+def deltas(metrics: dict, baseline: TrialRecord | None) -> dict:
+    """Trial metric minus base-model metric, for every metric both have."""
+    if baseline is None:
+        return {}
+    return {k: float(v) - float(baseline.metrics[k]) for k, v in metrics.items()
+            if k in baseline.metrics and isinstance(v, int | float)}
+
+
+def _deadline(timeout_min) -> float | None:
+    return None if timeout_min in (None, 0) else time.time() + float(timeout_min) * 60
+
+
+def run(sweep: Sweep) -> optuna.Study:
+    """Run (or resume) the sweep to completion; returns the study."""
+    sweep.dir.mkdir(parents=True, exist_ok=True)
+    (sweep.dir / SWEEP_FILE).write_text(to_yaml(sweep.cfg))
+    study = open_study(sweep)
+    launcher = make_launcher(sweep.cfg)
+    try:
+        Driver(sweep, study, launcher).run()
+    finally:
+        launcher.close()
+    return study

@@ -1,0 +1,170 @@
+"""Train one SFT stage with trl's SFTTrainer (full weights, LoRA or QLoRA)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from omegaconf import DictConfig
+from transformers import TrainerCallback
+
+log = logging.getLogger(__name__)
+
+
+class Reporter(Protocol):
+    """Where intermediate eval values go (an Optuna trial, for pruning)."""
+
+    def report(self, value: float, step: int) -> None: ...
+
+    def should_prune(self) -> bool: ...
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+@dataclass
+class TrainResult:
+    """What a training stage reports back to the trial."""
+
+    seconds: float
+    steps: int
+    resumed_from_step: int = 0
+    loss_history: list = field(default_factory=list)
+
+
+class LossHistory(TrainerCallback):
+    """Keeps every logged train/eval loss, appends it to a JSONL file, stops on NaN loss."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.rows: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        row = {"step": state.global_step}
+        for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+            if key in logs:
+                row[key] = float(logs[key])
+        if len(row) == 1:
+            return
+        self.rows.append(row)
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        if "loss" in row and not math.isfinite(row["loss"]):
+            raise NonFiniteLoss(f"training loss became {row['loss']} at step {row['step']}")
+
+
+class PruningCallback(TrainerCallback):
+    """Reports eval loss to the study after each evaluation; stops the trial if pruned."""
+
+    def __init__(self, reporter: Reporter):
+        self.reporter = reporter
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        import optuna
+
+        value = (metrics or {}).get("eval_loss")
+        if value is None:
+            return
+        self.reporter.report(float(value), state.global_step)
+        if self.reporter.should_prune():
+            raise optuna.TrialPruned(f"pruned at step {state.global_step} "
+                                     f"(eval_loss {value:.4f})")
+
+
+def optimizer_name(name: str) -> str:
+    """`auto`: the QLoRA paper's paged AdamW on CUDA, plain AdamW elsewhere."""
+    if name != "auto":
+        return name
+    return "paged_adamw_32bit" if torch.cuda.is_available() else "adamw_torch"
+
+
+def sft_config(method: DictConfig, model_cfg: DictConfig, output_dir: Path, seed: int,
+               has_eval: bool, max_length: int | None = None):
+    """trl SFTConfig from `method.train` (names match TrainingArguments)."""
+    from trl import SFTConfig
+
+    train = method.train
+    eval_steps = int(train.get("eval_steps") or 0)
+    save_steps = int(train.get("save_steps") or 0)
+    return SFTConfig(
+        output_dir=str(output_dir),
+        learning_rate=float(train.learning_rate),
+        lr_scheduler_type=train.lr_scheduler_type,
+        warmup_ratio=float(train.warmup_ratio),
+        max_steps=int(train.max_steps) if train.max_steps else -1,
+        num_train_epochs=float(train.num_train_epochs),
+        per_device_train_batch_size=int(train.per_device_train_batch_size),
+        per_device_eval_batch_size=int(train.per_device_train_batch_size),
+        gradient_accumulation_steps=int(train.gradient_accumulation_steps),
+        max_grad_norm=float(train.max_grad_norm),
+        weight_decay=float(train.weight_decay),
+        optim=optimizer_name(train.optim),
+        gradient_checkpointing=bool(train.gradient_checkpointing),
+        completion_only_loss=bool(train.completion_only_loss),
+        max_length=int(max_length or model_cfg.max_seq_length),
+        logging_steps=int(train.logging_steps),
+        eval_strategy="steps" if (has_eval and eval_steps > 0) else "no",
+        eval_steps=eval_steps or None,
+        save_strategy="steps" if save_steps > 0 else "no",
+        save_steps=save_steps or 500,
+        save_total_limit=2,
+        report_to=_report_to(train.report_to),
+        bf16=model_cfg.dtype == "bfloat16" and torch.cuda.is_available(),
+        fp16=model_cfg.dtype == "float16" and torch.cuda.is_available(),
+        seed=seed,
+        data_seed=seed,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+def _report_to(value) -> list[str]:
+    if value in (None, "none", "None"):
+        return []
+    return [value] if isinstance(value, str) else list(value)
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    """The newest `checkpoint-N` folder under output_dir (for preemption resume)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+
+
+def train_sft(model, tokenizer, method: DictConfig, model_cfg: DictConfig, train_rows: list,
+              eval_rows: list | None, output_dir: Path, seed: int,
+              reporter: Reporter | None = None, log_dir: Path | None = None) -> TrainResult:
+    """Run SFT on prompt/completion rows; resumes from the last checkpoint in output_dir."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    history = LossHistory(Path(log_dir or output_dir) / "loss.jsonl")
+    callbacks: list[TrainerCallback] = [history]
+    if reporter is not None and eval_rows:
+        callbacks.append(PruningCallback(reporter))
+    args = sft_config(method, model_cfg, output_dir, seed, has_eval=bool(eval_rows))
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(train_rows),
+        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    checkpoint = last_checkpoint(output_dir)
+    resumed = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=checkpoint)
+    seconds = time.perf_counter() - start
+    return TrainResult(seconds=seconds, steps=trainer.state.global_step,
+                       resumed_from_step=resumed, loss_history=history.rows)
