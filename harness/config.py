@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
@@ -38,6 +39,10 @@ def compose_config(overrides: list[str]) -> DictConfig:
         raise ConfigError(_missing_config_line(exc)) from None
     except (ConfigCompositionException, OmegaConfBaseException) as exc:
         raise ConfigError(_first_line(exc)) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{mark.name}:{mark.line + 1}: " if mark else ""
+        raise ConfigError(f"{where}invalid YAML ({getattr(exc, 'problem', exc)})") from None
     return cfg
 
 

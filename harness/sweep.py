@@ -131,17 +131,21 @@ def trial_config(sweep: Sweep, values: dict) -> DictConfig:
 
 
 def check_inputs(sweep: Sweep) -> None:
-    """Build the embedded model/data if needed, then open every data file (fails fast)."""
+    """Open every local data file (fails fast), building the embedded model/data if used."""
     from harness.data import check_data
 
     cfg = sweep.cfg
-    if "embedded" in (cfg.model.source, cfg.data.source):
+    embedded = "embedded" in (cfg.model.source, cfg.data.source)
+    if cfg.data.source != "embedded":
+        check_data(cfg.data)
+    if embedded:
         from harness.embedded import build_embedded
 
         build_embedded(cfg.paths.embedded)
-    if cfg.model.source == "embedded" and not Path(str(cfg.model.path)).is_dir():
+    if cfg.data.source == "embedded":
+        check_data(cfg.data)
+    if cfg.model.source in ("embedded", "local") and not Path(str(cfg.model.path)).is_dir():
         raise ConfigError(f"model.path: no model directory at {cfg.model.path}")
-    check_data(cfg.data)
 
 
 def open_study(sweep: Sweep) -> optuna.Study:

@@ -1,0 +1,1139 @@
+"""The sweep report: one self-contained HTML file, plus CSV / Parquet / YAML exports.
+
+    load_sweep(sweep_dir)               -> SweepData: config, study, baseline, records, trials table
+    write_report(sweep_dir, out_path)   -> one HTML file (plotly.js embedded once, opens offline)
+    write_exports(sweep_dir, out_dir)   -> trials CSV + Parquet, the best trial's config as YAML
+
+Tables come from the trial records (`result.json`). The Optuna plots use the study when its
+storage opens, else an in-memory study rebuilt from the records. Every string taken from a
+record or a config is HTML-escaped before it reaches the page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import math
+import platform
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import cached_property
+from importlib import metadata
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import plotly.graph_objects as go
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.trial import TrialState
+from plotly.subplots import make_subplots
+
+from harness.records import (
+    COMPLETE,
+    CONFIG_FILE,
+    FAILED,
+    LOG_FILE,
+    PRUNED,
+    RESULT_FILE,
+    TrialRecord,
+    read_record,
+)
+from harness.sweep import STALE_ATTR, SWEEP_FILE
+
+NO_RESULT = "NO_RESULT"          # status of a trial folder without a readable result.json
+TOP_CONFIGS = 3                  # trials compared in the config difference
+MAX_LOSS_TRIALS = 40             # loss curves drawn (best first)
+MAX_LOSS_POINTS = 200            # points kept per loss curve
+MAX_SAMPLES = 20                 # prompts shown in the sample generations
+MAX_LOG_TAILS = 50               # failed trials whose log tail is embedded
+LOG_TAIL_BYTES = 3000
+SCATTER_COLS = 3                 # subplots per row in "metric against parameter"
+TIME_COLUMNS = ("train_seconds", "eval_seconds", "wall_seconds")
+MEMORY_COLUMNS = ("peak_rss_mb", "gpu_max_allocated_mb")
+
+
+# -- loading ---------------------------------------------------------------------------------
+@dataclass
+class SweepData:
+    """Everything the report shows about one sweep folder."""
+
+    sweep_dir: Path
+    cfg: DictConfig
+    study: optuna.Study | None
+    baseline: TrialRecord | None
+    records: list[TrialRecord]          # one per trial folder; NO_RESULT placeholders included
+    trials: pd.DataFrame = field(default_factory=pd.DataFrame)
+    notes: list[str] = field(default_factory=list)
+    dirs: dict[int, Path] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.cfg.sweep.name)
+
+    @cached_property
+    def objectives(self) -> list[tuple[str, str]]:
+        objs = self.cfg.sweep.get("objectives") or []
+        return [(str(o.metric), str(o.direction)) for o in objs]
+
+    @cached_property
+    def ranked(self) -> list[TrialRecord]:
+        """COMPLETE trials with a finite first objective, best first."""
+        if not self.objectives:
+            return []
+        metric, direction = self.objectives[0]
+        sign = -1.0 if direction == "maximize" else 1.0
+        done = [r for r in self.records
+                if r.status == COMPLETE and _num(r.metrics.get(metric)) is not None]
+        return sorted(done, key=lambda r: (sign * _num(r.metrics[metric]), r.number))
+
+    @property
+    def best(self) -> TrialRecord | None:
+        return self.ranked[0] if self.ranked else None
+
+    @cached_property
+    def param_names(self) -> list[str]:
+        """Swept parameters: the sweep's order, then any others the records carry."""
+        names = list(OmegaConf.to_container(self.cfg.sweep.get("params") or {}, resolve=True))
+        for record in self.records:
+            names += [k for k in record.params if k not in names]
+        return names
+
+    @cached_property
+    def metric_names(self) -> list[str]:
+        """Every metric of a trial or the base model; objectives first."""
+        names = [m for m, _ in self.objectives]
+        for record in [*self.records, *([self.baseline] if self.baseline else [])]:
+            names += [k for k in record.metrics if k not in names]
+        return names
+
+    @cached_property
+    def numeric_metrics(self) -> list[str]:
+        """Metrics with a number in at least one COMPLETE trial."""
+        done = [r for r in self.records if r.status == COMPLETE]
+        return [m for m in self.metric_names
+                if any(_num(r.metrics.get(m)) is not None for r in done)]
+
+    @cached_property
+    def plot_study(self) -> optuna.Study:
+        """The study for Optuna's plots: the stored one, else one rebuilt from the records."""
+        return self.study if self.study is not None else records_study(self)
+
+    def config_path(self, number: int) -> Path:
+        return self.dirs.get(number, self.sweep_dir / "trials" / f"{number:04d}") / CONFIG_FILE
+
+
+def load_sweep(sweep_dir: Path) -> SweepData:
+    """Read a sweep folder: its config, study (None if the storage is missing), records."""
+    sweep_dir = Path(sweep_dir)
+    cfg_path = sweep_dir / SWEEP_FILE
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"no {SWEEP_FILE} in {sweep_dir}: not a sweep folder")
+    cfg = OmegaConf.load(cfg_path)
+    notes: list[str] = []
+    study = _load_study(cfg, sweep_dir, notes)
+    dirs = _trial_dirs(sweep_dir)
+    records = [_read_trial(number, path, study) for number, path in dirs.items()]
+    data = SweepData(sweep_dir, cfg, study, _load_baseline(sweep_dir), records, notes=notes,
+                     dirs=dirs)
+    if not data.objectives:
+        notes.append("sweep.objectives is empty: no best trial can be chosen")
+    if data.baseline is None:
+        notes.append("no COMPLETE base-model record under baseline/: no deltas vs base")
+    data.trials = trials_frame(data)
+    return data
+
+
+def _trial_dirs(sweep_dir: Path) -> dict[int, Path]:
+    root = sweep_dir / "trials"
+    if not root.is_dir():
+        return {}
+    found = {int(p.name): p for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
+    return dict(sorted(found.items()))
+
+
+def _read_trial(number: int, trial_dir: Path, study: optuna.Study | None) -> TrialRecord:
+    """The trial's record, or a NO_RESULT placeholder (params from config.yaml) if it has none."""
+    try:
+        record = read_record(trial_dir)
+    except (ValueError, TypeError) as exc:
+        return _placeholder(number, trial_dir, f"unreadable {RESULT_FILE}: {exc}")
+    if record is None:
+        return _placeholder(number, trial_dir, _missing_reason(number, study))
+    record.config_path = str(trial_dir / CONFIG_FILE)
+    return record
+
+
+def _placeholder(number: int, trial_dir: Path, reason: str) -> TrialRecord:
+    method, params = "", {}
+    with contextlib.suppress(Exception):
+        cfg = OmegaConf.load(trial_dir / CONFIG_FILE)
+        method = str(cfg.method.name)
+        params = OmegaConf.to_container(cfg.trial.get("params") or {}, resolve=True)
+    return TrialRecord(number=number, status=NO_RESULT, method=method, params=params,
+                       log_path=str(trial_dir / LOG_FILE),
+                       config_path=str(trial_dir / CONFIG_FILE), extra={"note": reason})
+
+
+def _missing_reason(number: int, study: optuna.Study | None) -> str:
+    trials = study.get_trials(deepcopy=False) if study is not None else []
+    trial = next((t for t in trials if t.number == number), None)
+    if trial is None:
+        return f"no {RESULT_FILE}: still running or lost"
+    if trial.user_attrs.get(STALE_ATTR):
+        return "lost when the sweep driver died; its parameters were asked again"
+    if trial.state == TrialState.RUNNING:
+        return f"no {RESULT_FILE} yet: the study has it RUNNING"
+    return f"no {RESULT_FILE}; the study has it {trial.state.name}"
+
+
+def _load_baseline(sweep_dir: Path) -> TrialRecord | None:
+    """The newest COMPLETE base-model record under baseline/<hash>/."""
+    paths = sorted((sweep_dir / "baseline").glob(f"*/{RESULT_FILE}"),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    for path in paths:
+        with contextlib.suppress(ValueError, TypeError):
+            record = read_record(path.parent)
+            if record is not None and record.status == COMPLETE:
+                return record
+    return None
+
+
+def _load_study(cfg: DictConfig, sweep_dir: Path, notes: list[str]) -> optuna.Study | None:
+    from harness.study import make_storage
+
+    storage = _existing_storage(cfg.get("storage"), sweep_dir)
+    if storage is None:
+        notes.append("study storage not found: Optuna plots are rebuilt from the records")
+        return None
+    try:
+        with _quiet():
+            return optuna.load_study(study_name=str(cfg.sweep.name),
+                                     storage=make_storage(storage))
+    except Exception as exc:  # noqa: BLE001 - a report must still come out
+        notes.append(f"could not open the study ({type(exc).__name__}: {exc}); "
+                     "Optuna plots are rebuilt from the records")
+        return None
+
+
+def _existing_storage(storage: DictConfig | None, sweep_dir: Path) -> DictConfig | None:
+    """The storage config if its file exists (else the one beside sweep.yaml, if that does)."""
+    if storage is None:
+        return None
+    kind = storage.get("kind")
+    if kind == "rdb":
+        return storage
+    if kind == "sqlite":
+        path = Path(str(storage.url).removeprefix("sqlite:///"))
+        local = sweep_dir / "study.db"
+        fix = {"url": f"sqlite:///{local.resolve()}"}
+    elif kind == "journal":
+        path, local = Path(str(storage.path)), sweep_dir / "study.journal"
+        fix = {"path": str(local.resolve())}
+    else:
+        return None
+    if path.is_file():
+        return storage
+    return OmegaConf.merge(storage, fix) if local.is_file() else None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence Optuna's logging and warnings (experimental, empty-study) for a moment."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        optuna.logging.set_verbosity(level)
+
+
+# -- the trials table ------------------------------------------------------------------------
+def trials_frame(data: SweepData) -> pd.DataFrame:
+    """One row per trial: status, params, metrics, deltas vs base, times, memory, error."""
+    ranks = {r.number: i + 1 for i, r in enumerate(data.ranked)}
+    rows = [_trial_row(r, data, ranks.get(r.number)) for r in data.records]
+    frame = pd.DataFrame(rows, columns=_frame_columns(data))
+    frame["rank"] = frame["rank"].astype("Int64")
+    return frame
+
+
+def _frame_columns(data: SweepData) -> list[str]:
+    base = data.baseline.metrics if data.baseline else {}
+    delta = [m for m in data.numeric_metrics if _num(base.get(m)) is not None]
+    return (["number", "status", "rank", "method"]
+            + [f"param:{p}" for p in data.param_names]
+            + [f"metric:{m}" for m in data.metric_names]
+            + [f"delta:{m}" for m in delta] + [f"delta_pct:{m}" for m in delta]
+            + [*TIME_COLUMNS, *MEMORY_COLUMNS, "trainable_params", "total_params",
+               "error_type", "error_message", "note", "config_path"])
+
+
+def _trial_row(record: TrialRecord, data: SweepData, rank: int | None) -> dict:
+    row = {"number": record.number, "status": record.status, "rank": rank,
+           "method": record.method}
+    row.update({f"param:{p}": _plain(record.params.get(p)) for p in data.param_names})
+    for metric in data.metric_names:
+        value = record.metrics.get(metric)
+        row[f"metric:{metric}"] = _num(value) if _num(value) is not None else _plain(value)
+        delta, pct = _delta(record, data.baseline, metric)
+        row[f"delta:{metric}"], row[f"delta_pct:{metric}"] = delta, pct
+    row.update({c: _num(getattr(record, c)) for c in (*TIME_COLUMNS, *MEMORY_COLUMNS)})
+    row.update(trainable_params=record.trainable_params, total_params=record.total_params,
+               error_type=record.error.type if record.error else None,
+               error_message=record.error.message if record.error else None,
+               note=record.extra.get("note") if record.status == NO_RESULT else None,
+               config_path=record.config_path or None)
+    return row
+
+
+def _delta(record: TrialRecord, baseline: TrialRecord | None,
+           metric: str) -> tuple[float | None, float | None]:
+    """Trial minus base (absolute, and % of the base value)."""
+    value = _num(record.metrics.get(metric))
+    base = _num(baseline.metrics.get(metric)) if baseline else None
+    if value is None or base is None:
+        return None, None
+    delta = value - base
+    return delta, (100.0 * delta / abs(base) if base else None)
+
+
+# -- a study rebuilt from the records --------------------------------------------------------
+def records_study(data: SweepData) -> optuna.Study:
+    """An in-memory study with the records' trials under their own numbers (gaps: FAIL)."""
+    directions = [d for _, d in data.objectives] or ["minimize"]
+    study = optuna.create_study(study_name=data.name, directions=directions)
+    dists = _distributions(data)
+    by_number = {r.number: r for r in data.records}
+    last = max(by_number, default=-1)
+    with _quiet():
+        for number in range(last + 1):
+            study.add_trial(_frozen(by_number.get(number), data, dists))
+    return study
+
+
+def _frozen(record: TrialRecord | None, data: SweepData,
+            dists: dict[str, BaseDistribution]) -> optuna.trial.FrozenTrial:
+    if record is None or record.status not in (COMPLETE, PRUNED):
+        return optuna.trial.create_trial(state=TrialState.FAIL)
+    params = {k: v for k, v in record.params.items() if k in dists and v is not None}
+    used = {k: dists[k] for k in params}
+    values = [_num(record.metrics.get(m)) for m, _ in data.objectives]
+    if record.status == PRUNED or None in values or not values:
+        state = TrialState.PRUNED if record.status == PRUNED else TrialState.FAIL
+        return optuna.trial.create_trial(state=state, params=params, distributions=used)
+    return optuna.trial.create_trial(params=params, distributions=used, values=values)
+
+
+def _distributions(data: SweepData) -> dict[str, BaseDistribution]:
+    """Each parameter's distribution from the sweep's space, or from the values seen."""
+    specs = OmegaConf.to_container(data.cfg.sweep.get("params") or {}, resolve=True)
+    out = {}
+    for name in data.param_names:
+        seen = [r.params[name] for r in data.records
+                if r.status in (COMPLETE, PRUNED) and r.params.get(name) is not None]
+        dist = _spec_distribution(specs.get(name))
+        if dist is None or not all(_contains(dist, v) for v in seen):
+            dist = _seen_distribution(seen)
+        if dist is not None:
+            out[name] = dist
+    return out
+
+
+def _spec_distribution(spec: dict | None) -> BaseDistribution | None:
+    if not isinstance(spec, dict):
+        return None
+    try:
+        if spec.get("type") == "categorical":
+            return CategoricalDistribution(list(spec["choices"]))
+        if spec.get("type") == "int":
+            return IntDistribution(int(spec["low"]), int(spec["high"]),
+                                   log=bool(spec.get("log")), step=int(spec.get("step") or 1))
+        return FloatDistribution(float(spec["low"]), float(spec["high"]),
+                                 log=bool(spec.get("log")), step=spec.get("step"))
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _seen_distribution(seen: list) -> BaseDistribution | None:
+    if not seen:
+        return None
+    if all(_num(v) is not None and not isinstance(v, bool) for v in seen):
+        return FloatDistribution(float(min(seen)), float(max(seen)))
+    choices = list(dict.fromkeys(v if isinstance(v, bool | int | float | str) else str(v)
+                                 for v in seen))
+    return CategoricalDistribution(choices)
+
+
+def _contains(dist: BaseDistribution, value) -> bool:
+    try:
+        return bool(dist._contains(dist.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False
+
+
+# -- small formatting helpers ----------------------------------------------------------------
+class _Raw(str):
+    """HTML built here (already escaped); every other string is escaped when rendered."""
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value) -> float | None:
+    """A finite float, or None (for strings, bools, None, NaN, inf)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _plain(value):
+    """Scalars as they are; lists and dicts as text (a table cell holds one value)."""
+    return value if value is None or isinstance(value, bool | int | float | str) else str(value)
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _fmt_seconds(value: float | None) -> str:
+    if value is None or value <= 0:
+        return "—"
+    if value < 60:
+        return f"{value:.1f} s"
+    minutes, seconds = divmod(int(round(value)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {seconds:02d}s"
+
+
+def _fmt_mb(value: float | None) -> str:
+    if value is None or value <= 0:
+        return "—"
+    return f"{value / 1024:.2f} GB" if value >= 1024 else f"{value:.0f} MB"
+
+
+def _fmt_count(value: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if value >= size:
+            return f"{value / size:.3g}{unit}"
+    return str(value)
+
+
+def _params_text(params: dict) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in params.items()) or "—"
+
+
+def _better(delta: float, direction: str) -> bool:
+    return delta < 0 if direction == "minimize" else delta > 0
+
+
+def _delta_html(delta: float | None, pct: float | None, direction: str | None) -> str:
+    """'+1.2 (+3.4%)' coloured better/worse when the direction is known."""
+    if delta is None:
+        return "—"
+    text = f"{delta:+.4g}" + (f" ({pct:+.1f}%)" if pct is not None else "")
+    if direction is None or delta == 0:
+        return _e(text)
+    cls = "better" if _better(delta, direction) else "worse"
+    return f'<span class="{cls}">{_e(text)}</span>'
+
+
+def _table(header: list[str], rows: list[list], cls: str = "") -> str:
+    """An HTML table; cells are escaped unless they are _Raw."""
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    cls_attr = f' class="{cls}"' if cls else ""
+    return f"<table{cls_attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value) -> str:
+    return value if isinstance(value, _Raw) else _e(_fmt(value))
+
+
+def _text(value) -> _Raw:
+    """Model or log text: escaped, whitespace kept."""
+    return _Raw(f'<div class="text">{_e(value if value is not None else "")}</div>')
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_e(text)}</p>'
+
+
+def _link(path: Path | str) -> _Raw:
+    path = Path(path)
+    href = path.resolve().as_uri() if path.is_absolute() or path.exists() else str(path)
+    return _Raw(f'<a href="{_e(href)}"><code>{_e(path)}</code></a>')
+
+
+# -- figures ---------------------------------------------------------------------------------
+class Figures:
+    """Turns plotly figures into page fragments; only the first carries plotly.js."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def html(self, fig: go.Figure, height: int = 420) -> str:
+        fig.update_layout(height=height, margin={"l": 60, "r": 30, "t": 50, "b": 50})
+        out = fig.to_html(full_html=False, include_plotlyjs=self.count == 0,
+                          default_height=f"{height}px", config={"displaylogo": False})
+        self.count += 1
+        return f'<div class="figure">{out}</div>'
+
+
+def _optuna_figure(figs: Figures, plot: Callable[[], go.Figure], what: str,
+                   height: int = 420) -> str:
+    """An Optuna plot, or a note saying why it could not be drawn (never raises)."""
+    try:
+        with _quiet():
+            fig = plot()
+    except Exception as exc:  # noqa: BLE001 - one plot must not sink the report
+        return _note(f"{what} not drawn: {type(exc).__name__}: {exc}")
+    return figs.html(fig, height)
+
+
+def _target(data: SweepData) -> dict:
+    """Optuna plot arguments naming the first objective (a target for multi-objective)."""
+    metric = data.objectives[0][0] if data.objectives else "objective"
+    if len(data.objectives) > 1:
+        return {"target": lambda t: t.values[0], "target_name": metric}
+    return {"target_name": metric}
+
+
+def _complete_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+# -- sections --------------------------------------------------------------------------------
+def _summary(data: SweepData, figs: Figures) -> str:
+    """The first screen: best trial, its gain over the base model, its memory and time."""
+    parts = [f"<p>{_status_counts(data)}</p>"]
+    best = data.best
+    if best is None:
+        parts.append('<p class="headline">No trial has completed with the objective '
+                     f"<code>{_e(_objective_text(data))}</code> yet: no best trial.</p>")
+    else:
+        parts.append(_headline(data, best))
+    parts.append(_comparison(data, best))
+    parts += [_note(n) for n in data.notes]
+    return "".join(parts)
+
+
+def _objective_text(data: SweepData) -> str:
+    return ", ".join(f"{m} ({d})" for m, d in data.objectives) or "none"
+
+
+def _status_counts(data: SweepData) -> str:
+    counts = Counter(r.status for r in data.records)
+    text = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trial folders"
+    return (f"{len(data.records)} trials ({_e(text)}); objective: "
+            f"<code>{_e(_objective_text(data))}</code>")
+
+
+def _headline(data: SweepData, best: TrialRecord) -> str:
+    metric, direction = data.objectives[0]
+    value = _num(best.metrics[metric])
+    delta, pct = _delta(best, data.baseline, metric)
+    base = _num(data.baseline.metrics.get(metric)) if data.baseline else None
+    against = (f" vs base model {_e(_fmt(base))}: {_delta_html(delta, pct, direction)}"
+               if base is not None else " (no base-model value to compare)")
+    share = (f" ({100 * best.trainable_params / best.total_params:.2f}%)"
+             if best.total_params else "")
+    return (
+        '<div class="headline">'
+        f'<p class="big">Best trial <a href="#best">#{best.number}</a> '
+        f"<span class=\"tag\">{_e(best.method)}</span>: <b>{_e(metric)} = {_e(_fmt(value))}"
+        f"</b>{against}</p>"
+        f"<p>params: <code>{_e(_params_text(best.params))}</code></p>"
+        f"<p>memory: peak RSS {_fmt_mb(best.peak_rss_mb)} · GPU max allocated "
+        f"{_fmt_mb(best.gpu_max_allocated_mb)} · trainable params "
+        f"{_fmt_count(best.trainable_params)} of {_fmt_count(best.total_params)}{share}</p>"
+        f"<p>time: train {_fmt_seconds(best.train_seconds)} · eval "
+        f"{_fmt_seconds(best.eval_seconds)} · wall {_fmt_seconds(best.wall_seconds)}</p>"
+        f"{_pareto_line(data)}</div>")
+
+
+def _pareto_line(data: SweepData) -> str:
+    if len(data.objectives) < 2:
+        return ""
+    front = pareto_front(data)
+    numbers = ", ".join(f"#{r.number}" for r in front)
+    return (f"<p>Pareto front ({len(front)} trials): {numbers}, "
+            'see <a href="#pareto">below</a>.</p>')
+
+
+def _comparison(data: SweepData, best: TrialRecord | None) -> str:
+    """Every metric: base model, best trial, delta (absolute and %)."""
+    directions = dict(data.objectives)
+    rows = []
+    for metric in data.metric_names:
+        base = data.baseline.metrics.get(metric) if data.baseline else None
+        value = best.metrics.get(metric) if best else None
+        if base is None and value is None:
+            continue
+        delta, pct = _delta(best, data.baseline, metric) if best else (None, None)
+        rows.append([metric, _plain(base), _plain(value),
+                     _Raw(_delta_html(delta, pct, directions.get(metric)))])
+    if not rows:
+        return ""
+    head = ["metric", "base model", f"best #{best.number}" if best else "best", "Δ (Δ%)"]
+    return _table(head, rows, "compact")
+
+
+def _trials_table(data: SweepData, figs: Figures) -> str:
+    if data.trials.empty:
+        return _note("No trial folders under trials/.")
+    shown = data.trials.drop(columns=["config_path"])
+    table = shown.to_html(index=False, escape=True, na_rep="", border=0,
+                          classes="sortable", float_format=lambda v: f"{v:.4g}")
+    return ('<p class="note">Click a column header to sort. rank = order by the first '
+            f'objective.</p><div class="scroll">{table}</div>')
+
+
+def _best_section(data: SweepData, figs: Figures) -> str:
+    best = data.best
+    if best is None:
+        return _note("No completed trial yet.")
+    path = data.config_path(best.number)
+    rows = [[k, _plain(v)] for k, v in best.params.items()]
+    config = path.read_text(errors="replace") if path.is_file() else "(config.yaml missing)"
+    return (f"<p>Trial #{best.number} ({_e(best.method)}), config: {_link(path)}</p>"
+            + _table(["parameter", "value"], rows, "compact")
+            + f"<details><summary>full config.yaml</summary>{_text(config)}</details>")
+
+
+def _pareto_section(data: SweepData, figs: Figures) -> str:
+    names = [m for m, _ in data.objectives]
+    front = pareto_front(data)
+    if not front:
+        return _note("No completed trial yet: no Pareto front.")
+    fig = ""
+    if len(names) <= 3:
+        fig = _optuna_figure(figs, lambda: optuna.visualization.plot_pareto_front(
+            data.plot_study, target_names=names), "Pareto front")
+    rows = [[_Raw(f"#{r.number}"), r.method, _params_text(r.params),
+             *[_plain(r.metrics.get(m)) for m in names]] for r in front]
+    return fig + _table(["trial", "method", "params", *names], rows)
+
+
+def pareto_front(data: SweepData) -> list[TrialRecord]:
+    """COMPLETE trials no other trial beats on every objective (from the records)."""
+    signs = [-1.0 if d == "maximize" else 1.0 for _, d in data.objectives]
+    points = []
+    for record in data.records:
+        values = [_num(record.metrics.get(m)) for m, _ in data.objectives]
+        if record.status == COMPLETE and values and None not in values:
+            points.append((record, [s * v for s, v in zip(signs, values, strict=True)]))
+
+    def dominated(p: list[float]) -> bool:
+        return any(all(a <= b for a, b in zip(q, p, strict=True)) and q != p
+                   for _, q in points)
+
+    return sorted((r for r, p in points if not dominated(p)), key=lambda r: r.number)
+
+
+def _history_section(data: SweepData, figs: Figures) -> str:
+    if _complete_count(data.plot_study) == 0:
+        return _note("No completed trial yet: nothing to plot.")
+    return _optuna_figure(figs, lambda: optuna.visualization.plot_optimization_history(
+        data.plot_study, **_target(data)), "optimization history")
+
+
+def _parallel_section(data: SweepData, figs: Figures) -> str:
+    if _complete_count(data.plot_study) == 0:
+        return _note("No completed trial yet: nothing to plot.")
+    return _optuna_figure(figs, lambda: optuna.visualization.plot_parallel_coordinate(
+        data.plot_study, **_target(data)), "parallel coordinates")
+
+
+def _importance_section(data: SweepData, figs: Figures) -> str:
+    study = data.plot_study
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(done) < 2:
+        return _note(f"Skipped: needs at least 2 completed trials (has {len(done)}).")
+    varied = {k for t in done for k in t.params
+              if len({repr(u.params.get(k)) for u in done}) > 1}
+    if not varied:
+        return _note("Skipped: no parameter took more than one value in the completed trials.")
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    return _optuna_figure(figs, lambda: optuna.visualization.plot_param_importances(
+        study, evaluator=evaluator, **_target(data)), "parameter importance", 360)
+
+
+def _scatter_section(data: SweepData, figs: Figures) -> str:
+    """Each numeric metric against each swept parameter (categories as categories)."""
+    done = [r for r in data.records if r.status == COMPLETE]
+    if not done or not data.numeric_metrics:
+        return _note("No completed trial with metrics yet.")
+    if not data.param_names:
+        return _note("The sweep has no swept parameters.")
+    return "".join(figs.html(*_metric_figure(data, done, m)) for m in data.numeric_metrics)
+
+
+def _metric_figure(data: SweepData, done: list[TrialRecord],
+                   metric: str) -> tuple[go.Figure, int]:
+    names = data.param_names
+    rows = math.ceil(len(names) / SCATTER_COLS)
+    cols = min(len(names), SCATTER_COLS)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=names,
+                        horizontal_spacing=0.08, vertical_spacing=0.18)
+    methods = sorted({r.method for r in done})
+    for i, name in enumerate(names):
+        row, col = i // SCATTER_COLS + 1, i % SCATTER_COLS + 1
+        for j, method in enumerate(methods):
+            fig.add_trace(_param_scatter(data, done, metric, name, method, j, i == 0),
+                          row=row, col=col)
+        _param_axis(fig, data, name, row, col)
+    base = _num(data.baseline.metrics.get(metric)) if data.baseline else None
+    if base is not None:
+        for i in range(len(names)):
+            fig.add_hline(y=base, line_dash="dash", line_color="gray",
+                          row=i // SCATTER_COLS + 1, col=i % SCATTER_COLS + 1)
+    note = " (dashed: base model)" if base is not None else ""
+    fig.update_layout(title=f"{metric} against each parameter{note}", legend_title="method")
+    return fig, 140 + 260 * rows
+
+
+def _param_scatter(data: SweepData, done: list[TrialRecord], metric: str, name: str,
+                   method: str, color: int, legend: bool) -> go.Scatter:
+    points = [(r.params[name], _num(r.metrics.get(metric)), r.number) for r in done
+              if r.method == method and r.params.get(name) is not None
+              and _num(r.metrics.get(metric)) is not None]
+    categorical = _is_categorical(data, name)
+    xs = [str(x) if categorical else x for x, _, _ in points]
+    palette = _palette()
+    return go.Scatter(x=xs, y=[y for _, y, _ in points], mode="markers", name=method,
+                      legendgroup=method, showlegend=legend,
+                      marker={"color": palette[color % len(palette)], "size": 7,
+                              "opacity": 0.75},
+                      customdata=[n for _, _, n in points],
+                      hovertemplate=f"trial #%{{customdata}}<br>{_e(name)}=%{{x}}<br>"
+                                    f"{_e(metric)}=%{{y}}<extra></extra>")
+
+
+def _param_axis(fig: go.Figure, data: SweepData, name: str, row: int, col: int) -> None:
+    spec = _spec(data, name)
+    if _is_categorical(data, name):
+        order = [str(c) for c in spec.get("choices") or []]
+        seen = sorted({str(r.params[name]) for r in data.records
+                       if r.params.get(name) is not None} - set(order))
+        fig.update_xaxes(type="category", categoryorder="array",
+                         categoryarray=order + seen, row=row, col=col)
+    elif spec.get("log"):
+        fig.update_xaxes(type="log", row=row, col=col)
+
+
+def _spec(data: SweepData, name: str) -> dict:
+    spec = (data.cfg.sweep.get("params") or {}).get(name)
+    return OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else {}
+
+
+def _is_categorical(data: SweepData, name: str) -> bool:
+    if _spec(data, name).get("type") == "categorical":
+        return True
+    return any(_num(r.params.get(name)) is None for r in data.records
+               if r.params.get(name) is not None)
+
+
+def _palette() -> list[str]:
+    import plotly.colors
+
+    return plotly.colors.qualitative.Plotly
+
+
+def _loss_section(data: SweepData, figs: Figures) -> str:
+    """Train and eval loss per trial (best trials first, points subsampled)."""
+    best_first = data.ranked + [r for r in data.records if r not in data.ranked]
+    chosen = [r for r in best_first if r.loss_history][:MAX_LOSS_TRIALS]
+    if not chosen:
+        return _note("No trial recorded a loss history.")
+    total = sum(1 for r in data.records if r.loss_history)
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["train loss", "eval loss"])
+    palette = _palette()
+    best = data.best.number if data.best else None
+    for i, record in enumerate(chosen):
+        color = palette[i % len(palette)]
+        for col, key in ((1, "loss"), (2, "eval_loss")):
+            fig.add_trace(_loss_trace(record, key, color, col == 1, record.number == best),
+                          row=1, col=col)
+    fig.update_xaxes(title_text="step")
+    note = (_note(f"Showing the {len(chosen)} best of {total} trials with a loss history.")
+            if total > len(chosen) else "")
+    return note + figs.html(fig, 460)
+
+
+def _loss_trace(record: TrialRecord, key: str, color: str, legend: bool,
+                best: bool) -> go.Scatter:
+    rows = [r for r in record.loss_history
+            if isinstance(r, dict) and _num(r.get(key)) is not None and "step" in r]
+    rows = _subsample(rows, MAX_LOSS_POINTS)
+    label = f"#{record.number} {record.method}" + (" (best)" if best else "")
+    return go.Scatter(x=[r["step"] for r in rows], y=[_num(r[key]) for r in rows],
+                      mode="lines+markers" if key == "eval_loss" else "lines",
+                      name=label, legendgroup=str(record.number), showlegend=legend,
+                      line={"color": color, "width": 3 if best else 1.3},
+                      opacity=1.0 if best else 0.7,
+                      hovertemplate=f"{_e(label)}<br>step %{{x}}<br>{key} %{{y:.4g}}"
+                                    "<extra></extra>")
+
+
+def _subsample(rows: list, limit: int) -> list:
+    """At most `limit` evenly spaced items, the last one always kept."""
+    if len(rows) <= limit:
+        return rows
+    step = (len(rows) - 1) / (limit - 1)
+    return [rows[round(i * step)] for i in range(limit)]
+
+
+def _resources_section(data: SweepData, figs: Figures) -> str:
+    ran = [r for r in data.records if r.status != NO_RESULT]
+    if not ran:
+        return _note("No trial has a record yet.")
+    xs = [f"#{r.number}" for r in ran]
+    hover = [f"{r.status} {r.method}" for r in ran]
+    time_fig = go.Figure([go.Bar(x=xs, y=[r.train_seconds for r in ran], name="train",
+                                 hovertext=hover),
+                          go.Bar(x=xs, y=[r.eval_seconds for r in ran], name="eval",
+                                 hovertext=hover),
+                          go.Scatter(x=xs, y=[r.wall_seconds for r in ran], name="wall",
+                                     mode="markers", hovertext=hover)])
+    time_fig.update_layout(barmode="stack", title="seconds per trial", xaxis_type="category")
+    gpu = [r.gpu_max_allocated_mb for r in ran]
+    mem_fig = go.Figure([go.Bar(x=xs, y=[r.peak_rss_mb for r in ran], name="peak RSS MB",
+                                hovertext=hover),
+                         go.Bar(x=xs, y=gpu, name="GPU max allocated MB", hovertext=hover)])
+    mem_fig.update_layout(barmode="group", title="memory per trial (MB)",
+                          xaxis_type="category")
+    return figs.html(time_fig, 380) + figs.html(mem_fig, 380)
+
+
+def _methods_section(data: SweepData, figs: Figures) -> str:
+    """Each objective by method: box with every trial as a point, base model dashed."""
+    done = [r for r in data.records if r.status == COMPLETE]
+    metrics = [m for m, _ in data.objectives if m in data.numeric_metrics]
+    if not done or not metrics:
+        return _note("No completed trial with the objective yet.")
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics)
+    methods = sorted({r.method for r in done})
+    palette = _palette()
+    for col, metric in enumerate(metrics, start=1):
+        for j, method in enumerate(methods):
+            fig.add_trace(_method_box(done, metric, method, palette[j % len(palette)],
+                                      col == 1), row=1, col=col)
+        base = _num(data.baseline.metrics.get(metric)) if data.baseline else None
+        if base is not None:
+            fig.add_hline(y=base, line_dash="dash", line_color="gray", row=1, col=col,
+                          annotation_text="base", annotation_position="top left")
+    return _method_table(data, done) + figs.html(fig, 420)
+
+
+def _method_box(done: list[TrialRecord], metric: str, method: str, color: str,
+                legend: bool) -> go.Box:
+    points = [(r.number, _num(r.metrics.get(metric))) for r in done if r.method == method]
+    points = [(n, v) for n, v in points if v is not None]
+    return go.Box(y=[v for _, v in points], name=method, legendgroup=method,
+                  showlegend=legend, boxpoints="all", jitter=0.4, pointpos=0,
+                  marker={"color": color}, customdata=[n for n, _ in points],
+                  hovertemplate="trial #%{customdata}: %{y:.4g}<extra></extra>")
+
+
+def _method_table(data: SweepData, done: list[TrialRecord]) -> str:
+    metric, direction = data.objectives[0]
+    pick = max if direction == "maximize" else min
+    rows = []
+    for method, count in sorted(Counter(r.method for r in data.records).items()):
+        values = [_num(r.metrics.get(metric)) for r in done if r.method == method]
+        values = [v for v in values if v is not None]
+        med = float(pd.Series(values).median()) if values else None
+        rows.append([method, count, len(values), pick(values) if values else None, med])
+    return _table(["method", "trials", "completed", f"best {metric}", f"median {metric}"],
+                  rows, "compact")
+
+
+def _samples_section(data: SweepData, figs: Figures) -> str:
+    """Base model's generation vs the best trial's vs the reference, per prompt."""
+    best, base = data.best, data.baseline
+    best_samples = [s for s in (best.samples if best else []) if isinstance(s, dict)]
+    base_samples = [s for s in (base.samples if base else []) if isinstance(s, dict)]
+    if not best_samples and not base_samples:
+        return _note("No sample generations recorded.")
+    by_prompt = {s.get("prompt"): s for s in base_samples}
+    prompts = list(dict.fromkeys([s.get("prompt") for s in best_samples]
+                                 + [s.get("prompt") for s in base_samples]))[:MAX_SAMPLES]
+    ours = {s.get("prompt"): s for s in best_samples}
+    rows = [[_text(p), _text(_first(ours, by_prompt, p, "reference")),
+             _text(by_prompt.get(p, {}).get("generation", "")),
+             _text(ours.get(p, {}).get("generation", ""))] for p in prompts]
+    label = f"best trial #{best.number}" if best else "best trial (none yet)"
+    return _table(["prompt", "reference", "base model", label], rows, "samples")
+
+
+def _first(a: dict, b: dict, key: str, field_name: str) -> str:
+    return (a.get(key) or {}).get(field_name) or (b.get(key) or {}).get(field_name) or ""
+
+
+def _failures_section(data: SweepData, figs: Figures) -> str:
+    bad = [r for r in data.records if r.status in (FAILED, PRUNED, NO_RESULT)]
+    if not bad:
+        return _note("None: every trial has a COMPLETE record.")
+    rows = [_failure_row(r, i < MAX_LOG_TAILS) for i, r in enumerate(bad)]
+    return _table(["trial", "status", "method", "params", "reason", "log"], rows)
+
+
+def _failure_row(record: TrialRecord, with_tail: bool) -> list:
+    if record.error is not None:
+        reason = f"{record.error.type}: {record.error.message}"
+    else:
+        reason = record.extra.get("note") or "(no reason recorded)"
+    log = Path(record.error.log if record.error and record.error.log else record.log_path)
+    tail = _log_tail(log) if with_tail and str(log) not in ("", ".") else None
+    log_html = _link(log) if str(log) not in ("", ".") else _Raw("—")
+    if tail:
+        log_html = _Raw(f"{log_html}<details><summary>last lines</summary>"
+                        f"{_text(tail)}</details>")
+    return [record.number, record.status, record.method, _params_text(record.params),
+            _text(reason), log_html]
+
+
+def _log_tail(path: Path) -> str | None:
+    """The last LOG_TAIL_BYTES of a log file, from a line start."""
+    try:
+        with path.open("rb") as fh:
+            fh.seek(0, 2)
+            size = fh.tell()
+            fh.seek(max(0, size - LOG_TAIL_BYTES))
+            text = fh.read().decode(errors="replace")
+    except OSError:
+        return None
+    return text.split("\n", 1)[-1] if size > LOG_TAIL_BYTES else text
+
+
+def _config_diff_section(data: SweepData, figs: Figures) -> str:
+    """Config keys whose values differ between the top trials' config.yaml."""
+    top = [r for r in data.ranked if data.config_path(r.number).is_file()][:TOP_CONFIGS]
+    if len(top) < 2:
+        return _note("Needs at least 2 completed trials with a config.yaml.")
+    flat = [_flatten(OmegaConf.to_container(OmegaConf.load(data.config_path(r.number))))
+            for r in top]
+    keys = sorted({k for f in flat for k in f if not k.startswith("trial.")})
+    missing = object()
+    differ = [k for k in keys if len({repr(f.get(k, missing)) for f in flat}) > 1]
+    if not differ:
+        return _note("The top trials' configs are identical outside `trial`.")
+    rows = [[k, *[_plain(f.get(k, "(absent)")) for f in flat]] for k in differ]
+    return _table(["key", *[f"#{r.number} (rank {i + 1})" for i, r in enumerate(top)]], rows)
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+    if isinstance(tree, dict) and tree:
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
+def _environment_section(data: SweepData, figs: Figures) -> str:
+    """Package versions and git commits the records were made with."""
+    records = [r for r in data.records if r.status != NO_RESULT]
+    records += [data.baseline] if data.baseline else []
+    versions: dict[str, Counter] = {}
+    for record in records:
+        for package, version in (record.versions or {}).items():
+            versions.setdefault(package, Counter())[str(version)] += 1
+    rows = [[p, ", ".join(f"{v} ({n} records)" if len(c) > 1 else v for v, n in c.items())]
+            for p, c in sorted(versions.items())]
+    commits = Counter(str(r.git_commit) for r in records if r.git_commit)
+    commit_rows = [[c, n] for c, n in commits.most_common()]
+    parts = [_table(["package", "version"], rows, "compact") if rows
+             else _note("No package versions recorded."),
+             _table(["git commit", "records"], commit_rows, "compact") if commit_rows
+             else _note("No git commit recorded.")]
+    if any(len(c) > 1 for c in versions.values()) or len(commits) > 1:
+        parts.insert(0, _note("Warning: the records were made with different versions."))
+    parts.append(_note(f"Report made {datetime.now():%Y-%m-%d %H:%M} with python "
+                       f"{platform.python_version()}, " + ", ".join(
+                           f"{p} {_version(p)}" for p in ("optuna", "plotly", "pandas"))))
+    return "".join(parts)
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "?"
+
+
+# -- the page --------------------------------------------------------------------------------
+Section = Callable[[SweepData, Figures], str]
+
+SECTIONS: list[tuple[str, str, Section]] = [
+    ("summary", "At a glance", _summary),
+    ("trials", "Trials", _trials_table),
+    ("best", "Best trial and its config", _best_section),
+    ("pareto", "Pareto front", _pareto_section),
+    ("history", "Optimization history", _history_section),
+    ("parallel", "Parallel coordinates", _parallel_section),
+    ("importance", "Parameter importance", _importance_section),
+    ("metrics", "Metrics against parameters", _scatter_section),
+    ("loss", "Training loss curves", _loss_section),
+    ("resources", "Time and memory per trial", _resources_section),
+    ("methods", "Per-method comparison", _methods_section),
+    ("samples", "Sample generations", _samples_section),
+    ("failures", "Failed, pruned and unfinished trials", _failures_section),
+    ("config-diff", "Config difference between the top trials", _config_diff_section),
+    ("environment", "Environment", _environment_section),
+]
+
+CSS = """
+body { font: 14px/1.45 system-ui, sans-serif; margin: 0 auto; max-width: 1280px;
+       padding: 0 16px 40px; color: #222; }
+h1 { margin-bottom: 4px; } h2 { border-bottom: 1px solid #ccc; padding-top: 12px; }
+nav a { margin-right: 10px; white-space: nowrap; }
+table { border-collapse: collapse; margin: 8px 0; font-size: 13px; }
+th, td { border: 1px solid #ddd; padding: 3px 6px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; position: sticky; top: 0; }
+table.sortable th { cursor: pointer; }
+table.compact td { white-space: nowrap; }
+.scroll { overflow: auto; max-height: 600px; }
+.headline { background: #f6f8fa; border: 1px solid #ddd; padding: 4px 14px; margin: 8px 0; }
+.big { font-size: 18px; }
+.tag { background: #e4e9f0; padding: 0 6px; border-radius: 3px; }
+.better { color: #11772d; font-weight: bold; } .worse { color: #b3261e; font-weight: bold; }
+.note { color: #555; font-style: italic; }
+.text { white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 12px;
+        max-height: 300px; overflow: auto; }
+table.samples td { width: 25%; }
+"""
+
+SORT_JS = """
+document.querySelectorAll("table.sortable th").forEach(function (th) {
+  th.addEventListener("click", function () {
+    var body = th.closest("table").tBodies[0];
+    var i = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var asc = th.dataset.dir !== "asc";
+    th.dataset.dir = asc ? "asc" : "desc";
+    function key(row) {
+      var t = row.cells[i] ? row.cells[i].textContent.trim() : "";
+      var n = Number(t.replace(/,/g, ""));
+      return t === "" ? null : (isNaN(n) ? t.toLowerCase() : n);
+    }
+    var rows = Array.from(body.rows);
+    rows.sort(function (a, b) {
+      var x = key(a), y = key(b);
+      if (x === null || y === null) { return (x === null) - (y === null); }
+      if (typeof x !== typeof y) { x = String(x); y = String(y); }
+      return (x < y ? -1 : x > y ? 1 : 0) * (asc ? 1 : -1);
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+  });
+});
+"""
+
+
+def render(data: SweepData) -> str:
+    """The whole report page as one HTML string: summary, contents, then the sections."""
+    figs = Figures()
+    sections = [(sid, title, fn) for sid, title, fn in SECTIONS
+                if sid != "pareto" or len(data.objectives) > 1]
+    parts = [_section(sid, title, fn(data, figs)) for sid, title, fn in sections]
+    nav = " · ".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title, _ in sections[1:])
+    title = f"Sweep {data.name}"
+    return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>"
+            f'<h1>{_e(title)}</h1><p class="note">{_e(data.sweep_dir.resolve())}</p>'
+            f"{parts[0]}<nav>{nav}</nav>{''.join(parts[1:])}"
+            f"<script>{SORT_JS}</script></body></html>\n")
+
+
+def _section(sid: str, title: str, body: str) -> str:
+    return f'<section id="{sid}"><h2>{_e(title)}</h2>{body}</section>'
+
+
+def write_report(sweep_dir: Path, out_path: Path) -> Path:
+    """Write the sweep's report as one self-contained HTML file; returns its path."""
+    data = load_sweep(Path(sweep_dir))
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    text = render(data)
+    tmp = out_path.with_suffix(out_path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out_path)
+    return out_path
+
+
+# -- exports ---------------------------------------------------------------------------------
+def write_exports(sweep_dir: Path, out_dir: Path) -> dict[str, Path]:
+    """Trials as CSV and Parquet, and the best trial's config as YAML (when there is one).
+
+    Returns {"csv": ..., "parquet": ..., "best_config": ...}; no best_config key when no trial
+    has completed.
+    """
+    data = load_sweep(Path(sweep_dir))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = _arrow_safe(data.trials)
+    paths = {"csv": out_dir / f"{data.name}_trials.csv",
+             "parquet": out_dir / f"{data.name}_trials.parquet"}
+    frame.to_csv(paths["csv"], index=False)
+    frame.to_parquet(paths["parquet"], index=False)
+    if data.best is not None:
+        paths["best_config"] = out_dir / f"{data.name}_best_config.yaml"
+        paths["best_config"].write_text(best_config_yaml(data, data.best))
+    return paths
+
+
+def _arrow_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Object columns that mix value types become text (Parquet needs one type a column)."""
+    frame = frame.copy()
+    for column in frame.columns:
+        if frame[column].dtype != object:
+            continue
+        kinds = {type(v) for v in frame[column] if v is not None and v == v}
+        if len(kinds) > 1:
+            frame[column] = [None if v is None or v != v else str(v) for v in frame[column]]
+    return frame
+
+
+def best_config_yaml(data: SweepData, best: TrialRecord) -> str:
+    """The best trial: objectives, params, the overrides that reproduce it, its full config."""
+    path = data.config_path(best.number)
+    config = OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else None
+    if isinstance(config, dict):
+        config.pop("trial", None)
+    doc = {"sweep": data.name, "trial": best.number, "method": best.method,
+           "objectives": {m: best.metrics.get(m) for m, _ in data.objectives},
+           "params": dict(best.params), "overrides": _overrides(data, best.params),
+           "config_path": str(path), "config": config}
+    header = f"# Best trial of sweep {data.name} by {_objective_text(data)}\n"
+    return header + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
+
+
+def _overrides(data: SweepData, params: dict) -> list[str]:
+    """Hydra overrides that reproduce the params (harness.space), else plain key=value."""
+    from harness.space import parse_space, to_overrides
+
+    try:
+        return to_overrides(parse_space(data.cfg.sweep.get("params")), params)
+    except Exception:  # noqa: BLE001 - a changed space still gets plain overrides
+        return [f"{k}={v}" for k, v in params.items()]
