@@ -1,6 +1,8 @@
 """The evaluation battery run on every trial's model and once on the base model.
 
 Reads `conf/eval/` and the held-out data sets; returns plain metrics and sample generations.
+Cheap metrics (perplexity, ROUGE) come first; lm-eval and MT-Bench follow when enabled and the
+cost cascade (`eval.cascade`, see harness.cascade) lets the trial through.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ class BatteryResult:
 
 
 def run_battery(model, tokenizer, cfg: DictConfig, progress: bool = True) -> BatteryResult:
-    """Perplexity on held-out text and ROUGE on greedy generations, as `cfg.eval` says."""
+    """Perplexity, ROUGE, then lm-eval and MT-Bench (cascade permitting), as `cfg.eval` says.
+
+    `result.extra` holds the cascade decision, output files, judge counts and any stage error.
+    """
     start = time.perf_counter()
     result = BatteryResult()
     model.eval()
@@ -49,5 +54,15 @@ def run_battery(model, tokenizer, cfg: DictConfig, progress: bool = True) -> Bat
         result.samples = [{"prompt": p, "reference": r, "generation": g}
                           for p, r, g in list(zip(prompts, refs, outputs, strict=True))[:keep]]
         log.info("rougeL %.4f on %d prompts", result.metrics["rougeL"], len(prompts))
+    _run_expensive(model, tokenizer, cfg, result)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _run_expensive(model, tokenizer, cfg: DictConfig, result: BatteryResult) -> None:
+    """lm-eval and MT-Bench (harness.cascade); their metrics and notes join the result."""
+    from harness.cascade import run_expensive
+
+    metrics, extra = run_expensive(model, tokenizer, cfg, result.metrics)
+    result.metrics.update(metrics)
+    result.extra.update(extra)

@@ -108,7 +108,7 @@ def _collate(windows: Sequence[Window], pad_id: int, device: torch.device):
     for row, (ids, n_context) in enumerate(windows):
         input_ids[row, : len(ids)] = torch.tensor(ids)
         attention_mask[row, : len(ids)] = 1
-        labels[row, : len(ids)] = torch.tensor(ids)
+        labels[row, n_context : len(ids)] = torch.tensor(ids[n_context:])
     return input_ids.to(device), attention_mask.to(device), labels.to(device)
 
 

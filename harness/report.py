@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import logging
 import math
 import platform
 import warnings
@@ -50,6 +51,8 @@ from harness.records import (
 )
 from harness.sweep import STALE_ATTR, SWEEP_FILE
 
+log = logging.getLogger(__name__)
+
 NO_RESULT = "NO_RESULT"          # status of a trial folder without a readable result.json
 TOP_CONFIGS = 3                  # trials compared in the config difference
 MAX_LOSS_TRIALS = 40             # loss curves drawn (best first)
@@ -57,6 +60,8 @@ MAX_LOSS_POINTS = 200            # points kept per loss curve
 MAX_SAMPLES = 20                 # prompts shown in the sample generations
 MAX_LOG_TAILS = 50               # failed trials whose log tail is embedded
 LOG_TAIL_BYTES = 3000
+FANOVA_TREE_BUDGET = 6400       # trees x completed trials: 64 trees up to 100 trials
+MIN_FANOVA_TREES = 8
 SCATTER_COLS = 3                 # subplots per row in "metric against parameter"
 TIME_COLUMNS = ("train_seconds", "eval_seconds", "wall_seconds")
 MEMORY_COLUMNS = ("peak_rss_mb", "gpu_max_allocated_mb")
@@ -142,7 +147,8 @@ def load_sweep(sweep_dir: Path) -> SweepData:
     notes: list[str] = []
     study = _load_study(cfg, sweep_dir, notes)
     dirs = _trial_dirs(sweep_dir)
-    records = [_read_trial(number, path, study) for number, path in dirs.items()]
+    known = {t.number: t for t in study.get_trials(deepcopy=False)} if study else {}
+    records = [_read_trial(number, path, known.get(number)) for number, path in dirs.items()]
     data = SweepData(sweep_dir, cfg, study, _load_baseline(sweep_dir), records, notes=notes,
                      dirs=dirs)
     if not data.objectives:
@@ -161,14 +167,15 @@ def _trial_dirs(sweep_dir: Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
-def _read_trial(number: int, trial_dir: Path, study: optuna.Study | None) -> TrialRecord:
+def _read_trial(number: int, trial_dir: Path,
+                trial: optuna.trial.FrozenTrial | None) -> TrialRecord:
     """The trial's record, or a NO_RESULT placeholder (params from config.yaml) if it has none."""
     try:
         record = read_record(trial_dir)
     except (ValueError, TypeError) as exc:
         return _placeholder(number, trial_dir, f"unreadable {RESULT_FILE}: {exc}")
     if record is None:
-        return _placeholder(number, trial_dir, _missing_reason(number, study))
+        return _placeholder(number, trial_dir, _missing_reason(trial))
     record.config_path = str(trial_dir / CONFIG_FILE)
     return record
 
@@ -184,9 +191,8 @@ def _placeholder(number: int, trial_dir: Path, reason: str) -> TrialRecord:
                        config_path=str(trial_dir / CONFIG_FILE), extra={"note": reason})
 
 
-def _missing_reason(number: int, study: optuna.Study | None) -> str:
-    trials = study.get_trials(deepcopy=False) if study is not None else []
-    trial = next((t for t in trials if t.number == number), None)
+def _missing_reason(trial: optuna.trial.FrozenTrial | None) -> str:
+    """Why a folder has no record, as far as the study knows."""
     if trial is None:
         return f"no {RESULT_FILE}: still running or lost"
     if trial.user_attrs.get(STALE_ATTR):
@@ -289,8 +295,11 @@ def _trial_row(record: TrialRecord, data: SweepData, rank: int | None) -> dict:
         row[f"metric:{metric}"] = _num(value) if _num(value) is not None else _plain(value)
         delta, pct = _delta(record, data.baseline, metric)
         row[f"delta:{metric}"], row[f"delta_pct:{metric}"] = delta, pct
-    row.update({c: _num(getattr(record, c)) for c in (*TIME_COLUMNS, *MEMORY_COLUMNS)})
-    row.update(trainable_params=record.trainable_params, total_params=record.total_params,
+    ran = record.status != NO_RESULT
+    row.update({c: _num(getattr(record, c)) if ran else None
+                for c in (*TIME_COLUMNS, *MEMORY_COLUMNS)})
+    row.update(trainable_params=record.trainable_params if ran else None,
+               total_params=record.total_params if ran else None,
                error_type=record.error.type if record.error else None,
                error_message=record.error.message if record.error else None,
                note=record.extra.get("note") if record.status == NO_RESULT else None,
@@ -397,6 +406,11 @@ def _num(value) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None
+
+
+def _missing(value) -> bool:
+    """None, NaN or pd.NA (a missing table cell)."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 def _plain(value):
@@ -603,11 +617,19 @@ def _comparison(data: SweepData, best: TrialRecord | None) -> str:
 def _trials_table(data: SweepData, figs: Figures) -> str:
     if data.trials.empty:
         return _note("No trial folders under trials/.")
-    shown = data.trials.drop(columns=["config_path"])
-    table = shown.to_html(index=False, escape=True, na_rep="", border=0,
-                          classes="sortable", float_format=lambda v: f"{v:.4g}")
+    shown = data.trials.drop(columns=["config_path"]).astype(object).map(_table_cell)
+    table = shown.to_html(index=False, escape=True, border=0, classes="sortable")
     return ('<p class="note">Click a column header to sort. rank = order by the first '
             f'objective.</p><div class="scroll">{table}</div>')
+
+
+def _table_cell(value) -> str:
+    """A trials-table cell as text: blank when missing, whole numbers without exponent."""
+    if _missing(value):
+        return ""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        value = int(value)
+    return str(value) if isinstance(value, int) and not isinstance(value, bool) else _fmt(value)
 
 
 def _best_section(data: SweepData, figs: Figures) -> str:
@@ -667,17 +689,19 @@ def _parallel_section(data: SweepData, figs: Figures) -> str:
 
 
 def _importance_section(data: SweepData, figs: Figures) -> str:
+    """fANOVA importances (fewer trees on big studies, to keep the report fast)."""
     study = data.plot_study
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if len(done) < 2:
         return _note(f"Skipped: needs at least 2 completed trials (has {len(done)}).")
-    varied = {k for t in done for k in t.params
-              if len({repr(u.params.get(k)) for u in done}) > 1}
-    if not varied:
+    names = {k for t in done for k in t.params}
+    if not any(len({repr(t.params.get(k)) for t in done}) > 1 for k in names):
         return _note("Skipped: no parameter took more than one value in the completed trials.")
-    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    return _optuna_figure(figs, lambda: optuna.visualization.plot_param_importances(
-        study, evaluator=evaluator, **_target(data)), "parameter importance", 360)
+    trees = max(MIN_FANOVA_TREES, min(64, FANOVA_TREE_BUDGET // len(done)))
+    evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=trees, seed=0)
+    return _note(f"fANOVA over {len(done)} completed trials, {trees} trees.") + _optuna_figure(
+        figs, lambda: optuna.visualization.plot_param_importances(
+            study, evaluator=evaluator, **_target(data)), "parameter importance", 360)
 
 
 def _scatter_section(data: SweepData, figs: Figures) -> str:
@@ -763,7 +787,8 @@ def _palette() -> list[str]:
 
 def _loss_section(data: SweepData, figs: Figures) -> str:
     """Train and eval loss per trial (best trials first, points subsampled)."""
-    best_first = data.ranked + [r for r in data.records if r not in data.ranked]
+    ranked = {r.number for r in data.ranked}
+    best_first = data.ranked + [r for r in data.records if r.number not in ranked]
     chosen = [r for r in best_first if r.loss_history][:MAX_LOSS_TRIALS]
     if not chosen:
         return _note("No trial recorded a loss history.")
@@ -1056,7 +1081,7 @@ def render(data: SweepData) -> str:
     figs = Figures()
     sections = [(sid, title, fn) for sid, title, fn in SECTIONS
                 if sid != "pareto" or len(data.objectives) > 1]
-    parts = [_section(sid, title, fn(data, figs)) for sid, title, fn in sections]
+    parts = [_section(sid, title, _body(fn, data, figs)) for sid, title, fn in sections]
     nav = " · ".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title, _ in sections[1:])
     title = f"Sweep {data.name}"
     return ('<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -1064,6 +1089,18 @@ def render(data: SweepData) -> str:
             f'<h1>{_e(title)}</h1><p class="note">{_e(data.sweep_dir.resolve())}</p>'
             f"{parts[0]}<nav>{nav}</nav>{''.join(parts[1:])}"
             f"<script>{SORT_JS}</script></body></html>\n")
+
+
+def _body(fn: Section, data: SweepData, figs: Figures) -> str:
+    """A section's HTML; a section that fails becomes a note, the rest of the report stays."""
+    before = figs.count
+    try:
+        return fn(data, figs)
+    except Exception as exc:  # noqa: BLE001 - one section must not sink the report
+        log.exception("report section %s failed", fn.__name__)
+        if before == 0:
+            figs.count = 0      # plotly.js went out with the discarded part: embed it again
+        return _note(f"This section could not be made: {type(exc).__name__}: {exc}")
 
 
 def _section(sid: str, title: str, body: str) -> str:
@@ -1109,9 +1146,9 @@ def _arrow_safe(frame: pd.DataFrame) -> pd.DataFrame:
     for column in frame.columns:
         if frame[column].dtype != object:
             continue
-        kinds = {type(v) for v in frame[column] if v is not None and v == v}
+        kinds = {type(v) for v in frame[column] if not _missing(v)}
         if len(kinds) > 1:
-            frame[column] = [None if v is None or v != v else str(v) for v in frame[column]]
+            frame[column] = [None if _missing(v) else str(v) for v in frame[column]]
     return frame
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from harness.config import ConfigError, compose_config, validate_trial_config
+from harness.config import ConfigError, compose_config
 from harness.modeling import lora_alpha
 from harness.sweep import prepare, probe_points, trial_config
 from tests.conftest import run_cli

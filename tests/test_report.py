@@ -1,4 +1,7 @@
-"""Tests for harness.report on synthetic sweep folders with a real Optuna study (sqlite).
+"""Tests for harness.report on synthetic sweep folders with a real Optuna study.
+
+The main sweep uses sqlite storage in the sweep folder, as the default config does; the small
+side cases use the journal storage, which is quicker to create.
 
 `make_sweep` writes the folder layout of harness.sweep with fake but plausible records; the
 benchmark (benchmarks/report_scale.py) reuses it for a 500-trial sweep.
@@ -9,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import shutil
 from pathlib import Path
 
 import optuna
@@ -18,6 +22,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
+from harness import report
 from harness.records import (
     COMPLETE,
     FAILED,
@@ -28,6 +33,7 @@ from harness.records import (
 )
 from harness.report import NO_RESULT, load_sweep, write_exports, write_report
 from harness.space import parse_space, suggest
+from harness.study import make_storage
 
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_IMG = "<img src=x onerror=alert(1)>"
@@ -45,14 +51,14 @@ VERSIONS = {"harness": "0.1.0", "torch": "2.13.0", "transformers": "5.1.0", "opt
 # -- a synthetic sweep -----------------------------------------------------------------------
 def make_sweep(root: Path, n_trials: int = 8, *, statuses: dict[int, str] | None = None,
                objectives: tuple = (("perplexity", "minimize"),), history: int = 30,
-               no_result: tuple[int, ...] = (), seed: int = 0) -> Path:
+               no_result: tuple[int, ...] = (), seed: int = 0, storage: str = "sqlite") -> Path:
     """A sweep folder like harness.sweep writes; trials not in `statuses` are COMPLETE."""
     name = "synthetic"
     sweep_dir = root / "sweeps" / name
     (sweep_dir / "trials").mkdir(parents=True)
-    cfg = _sweep_cfg(name, sweep_dir, objectives)
+    cfg = _sweep_cfg(name, sweep_dir, objectives, storage)
     (sweep_dir / "sweep.yaml").write_text(OmegaConf.to_yaml(cfg))
-    study = optuna.create_study(study_name=name, storage=str(cfg.storage.url),
+    study = optuna.create_study(study_name=name, storage=make_storage(cfg.storage),
                                 directions=[d for _, d in objectives],
                                 sampler=optuna.samplers.RandomSampler(seed=seed))
     _write_baseline(sweep_dir)
@@ -72,13 +78,16 @@ def make_sweep(root: Path, n_trials: int = 8, *, statuses: dict[int, str] | None
     return sweep_dir
 
 
-def _sweep_cfg(name: str, sweep_dir: Path, objectives: tuple):
+def _sweep_cfg(name: str, sweep_dir: Path, objectives: tuple, storage: str):
+    stores = {"sqlite": {"kind": "sqlite",
+                         "url": f"sqlite:///{(sweep_dir / 'study.db').resolve()}"},
+              "journal": {"kind": "journal", "path": str((sweep_dir / "study.journal").resolve())}}
     return OmegaConf.create({
         "sweep": {"name": name, "n_trials": 8, "sampler": {"name": "random", "seed": 0},
                   "pruner": {"name": "none"},
                   "objectives": [{"metric": m, "direction": d} for m, d in objectives],
                   "params": PARAMS},
-        "storage": {"kind": "sqlite", "url": f"sqlite:///{(sweep_dir / 'study.db').resolve()}"},
+        "storage": stores[storage],
         "paths": {"sweeps": str(sweep_dir.parent)},
         "seed": 42,
         "trial": {},
@@ -229,6 +238,10 @@ def test_failures_listed_with_reasons(page: str) -> None:
     assert NO_RESULT in failures and "#" not in failures.split(NO_RESULT)[0][-5:]
 
 
+def test_no_section_failed(page: str) -> None:
+    assert "could not be made" not in page and "not drawn" not in page
+
+
 def test_sections_present(page: str) -> None:
     for sid in ("trials", "best", "history", "parallel", "importance", "metrics", "loss",
                 "resources", "methods", "samples", "config-diff", "environment"):
@@ -251,7 +264,8 @@ def test_load_sweep_frame(sweep: Path) -> None:
 
 
 def test_only_failed_trials(tmp_path: Path) -> None:
-    sweep = make_sweep(tmp_path, 3, statuses={0: FAILED, 1: FAILED, 2: FAILED})
+    sweep = make_sweep(tmp_path, 3, statuses={0: FAILED, 1: FAILED, 2: FAILED},
+                       storage="journal")
     page = write_report(sweep, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "No trial has completed" in section(page, "summary")
     assert page.count(plotly_marker()) == 1
@@ -263,7 +277,7 @@ def test_only_failed_trials(tmp_path: Path) -> None:
 
 
 def test_zero_trials(tmp_path: Path) -> None:
-    sweep = make_sweep(tmp_path, 0)
+    sweep = make_sweep(tmp_path, 0, storage="journal")
     page = write_report(sweep, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "No trial has completed" in section(page, "summary")
 
@@ -283,14 +297,14 @@ def test_missing_storage_rebuilds_from_records(tmp_path: Path) -> None:
 
 
 def test_importance_skipped_with_one_complete_trial(tmp_path: Path) -> None:
-    sweep = make_sweep(tmp_path, 2, statuses={1: FAILED})
+    sweep = make_sweep(tmp_path, 2, statuses={1: FAILED}, storage="journal")
     page = write_report(sweep, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "Skipped" in section(page, "importance")
 
 
 def test_multi_objective_pareto(tmp_path: Path) -> None:
     sweep = make_sweep(tmp_path, 6, objectives=(("perplexity", "minimize"),
-                                                ("rouge1", "maximize")))
+                                                ("rouge1", "maximize")), storage="journal")
     page = write_report(sweep, tmp_path / "r.html").read_text(encoding="utf-8")
     pareto = section(page, "pareto")
     assert "plotly-graph-div" in pareto
@@ -315,3 +329,27 @@ def test_exports_round_trip(sweep: Path, tmp_path: Path) -> None:
     assert best["params"] == data.best.params
     assert f"method={data.best.params['method']}" in best["overrides"]
     assert best["config"]["method"]["lora"]["rank"] == data.best.params["method.lora.rank"]
+
+
+def test_journal_storage_and_moved_folder(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path / "a", 4, storage="journal")
+    assert load_sweep(sweep).study is not None
+    moved = tmp_path / "b" / "synthetic"
+    shutil.copytree(sweep, moved)
+    shutil.rmtree(sweep)
+    data = load_sweep(moved)        # sweep.yaml still names the old path: use the local one
+    assert data.study is not None and len(data.study.trials) == 4
+    assert not sweep.exists()
+
+
+def test_failing_section_keeps_report_and_plotlyjs(tmp_path: Path, monkeypatch) -> None:
+    def broken(data, figs):
+        figs.html(report.go.Figure())
+        raise RuntimeError("boom <b>")
+
+    sections = [(s, t, broken if s == "history" else f) for s, t, f in report.SECTIONS]
+    monkeypatch.setattr(report, "SECTIONS", sections)
+    sweep = make_sweep(tmp_path, 3, storage="journal")
+    page = write_report(sweep, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "RuntimeError: boom &lt;b&gt;" in section(page, "history")
+    assert page.count(plotly_marker()) == 1

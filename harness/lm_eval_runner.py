@@ -1,0 +1,281 @@
+"""lm-evaluation-harness on a model in memory, as `cfg.eval.lm_eval` says.
+
+- `simple_evaluate(model=HFLM(pretrained=model, tokenizer=tokenizer))`: a LoRA trial is scored
+  as the unmerged PeftModel, or with the adapter merged into the base weights
+  (`merge_adapter: true`; unmerged again afterwards);
+- local YAML tasks from `include_path` (`TaskManager(include_path=..., include_defaults=...)`);
+  hub tasks (hellaswag, arc_easy, mmlu, ...) by name with `include_defaults: true`;
+- lm-eval resolves a relative `dataset_kwargs.data_files` against the current directory, so
+  the task folder is copied under the trial folder with such paths made absolute against each
+  YAML's own folder (`!function` helpers beside the YAMLs keep working);
+- metrics flattened to `lm_eval/<task>/<metric>` and `lm_eval/<task>/<metric>_stderr`
+  (`@<filter>` appended for filters other than `none`);
+- guard: `lm_eval/identical_to_base` is 1 when every lm-eval score equals the base model's,
+  the signature of an adapter that was never applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PREFIX = "lm_eval/"
+IDENTICAL_KEY = "lm_eval/identical_to_base"
+SKIP_RESULT_KEYS = {"alias", "samples", " "}
+
+
+@dataclass
+class LmEvalResult:
+    """Flat metrics, the raw per-task results and notes for the record."""
+
+    metrics: dict = field(default_factory=dict)
+    results: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------- task files
+
+
+class _Tagged(str):
+    """A YAML scalar with a custom tag (lm-eval's `!function module.fn`), kept verbatim."""
+
+    tag = ""
+
+
+def _yaml_tools():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    def construct(loader, suffix, node):
+        value = _Tagged(loader.construct_scalar(node))
+        value.tag = "!" + suffix
+        return value
+
+    Loader.add_multi_constructor("!", construct)
+    Dumper.add_representer(_Tagged, lambda d, v: d.represent_scalar(v.tag, str(v)))
+    return yaml, Loader, Dumper
+
+
+def _absolute(value, base: Path):
+    """A data_files value (str, list or split -> str/list) with local relative paths made
+    absolute against `base`; URLs and absolute paths unchanged."""
+    if isinstance(value, dict):
+        return {k: _absolute(v, base) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_absolute(v, base) for v in value]
+    if isinstance(value, str) and "://" not in value and not Path(value).is_absolute():
+        return str((base / value).resolve())
+    return value
+
+
+def resolve_yaml(src: Path, dst: Path) -> bool:
+    """Write `src` to `dst` with relative data_files / local dataset_path made absolute;
+    returns True if anything changed (else `dst` is a plain copy)."""
+    yaml, loader, dumper = _yaml_tools()
+    config = yaml.load(src.read_text(encoding="utf-8"), Loader=loader)
+    changed = False
+    if isinstance(config, dict):
+        kwargs = config.get("dataset_kwargs") or {}
+        if "data_files" in kwargs:
+            new = _absolute(kwargs["data_files"], src.parent)
+            changed |= new != kwargs["data_files"]
+            kwargs["data_files"] = new
+        path = config.get("dataset_path")
+        if isinstance(path, str) and path.startswith(("./", "../")):
+            config["dataset_path"] = str((src.parent / path).resolve())
+            changed = True
+    if changed:
+        dst.write_text(yaml.dump(config, Dumper=dumper, sort_keys=False, allow_unicode=True))
+    else:
+        shutil.copyfile(src, dst)
+    return changed
+
+
+def prepare_include_path(include_path: str | Path, out_dir: Path) -> Path:
+    """Copy the task folder to `out_dir` with every YAML's data paths made absolute."""
+    src = Path(include_path).expanduser().resolve()
+    if not src.is_dir():
+        raise FileNotFoundError(f"eval.lm_eval.include_path: no task folder at {src}")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    shutil.copytree(src, out_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    for yaml_file in sorted(src.rglob("*.yaml")):
+        resolve_yaml(yaml_file, out_dir / yaml_file.relative_to(src))
+    return out_dir
+
+
+# ------------------------------------------------------------------------------- results
+
+
+def _metric_name(key: str) -> str | None:
+    """'acc,none' -> 'acc'; 'exact_match,strict' -> 'exact_match@strict'; else None."""
+    if "," not in key:
+        return None
+    metric, filt = key.split(",", 1)
+    return metric if filt == "none" else f"{metric}@{filt}"
+
+
+def flatten(results: dict, tasks: list[str] | None = None) -> dict[str, float]:
+    """`lm_eval/<task>/<metric>` for every numeric score (stderr as `<metric>_stderr`)."""
+    metrics: dict[str, float] = {}
+    for task, values in results.items():
+        if tasks is not None and task not in tasks:
+            continue
+        for key, value in values.items():
+            name = _metric_name(key)
+            if name is None or key in SKIP_RESULT_KEYS or isinstance(value, bool):
+                continue
+            if isinstance(value, int | float) and not math.isnan(float(value)):
+                metrics[f"{PREFIX}{task}/{name}"] = float(value)
+    return metrics
+
+
+def _plain(obj):
+    """Results made JSON-safe (lm-eval puts callables and numpy values in configs)."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def write_outputs(raw: dict, out_dir: Path, log_samples: bool) -> Path:
+    """results.json (scores, configs, versions) and, if asked, samples_<task>.jsonl."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    keep = {k: raw.get(k) for k in ("results", "groups", "group_subtasks", "configs",
+                                    "versions", "n-shot", "higher_is_better", "n-samples")}
+    path = out_dir / "results.json"
+    path.write_text(json.dumps(_plain(keep), indent=2))
+    for task, rows in (raw.get("samples") or {}).items() if log_samples else []:
+        with (out_dir / f"samples_{task}.jsonl").open("w") as handle:
+            for row in rows:
+                handle.write(json.dumps(_plain(row)) + "\n")
+    return path
+
+
+# ------------------------------------------------------------------------------- model
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "merge_adapter") and hasattr(model, "peft_config")
+
+
+@contextlib.contextmanager
+def adapter_merged(model, merge: bool) -> Iterator[object]:
+    """The model with its LoRA adapter merged into the base weights for the block (peft's
+    merge_adapter / unmerge_adapter), or unchanged when `merge` is false or there is none."""
+    if not merge or not is_peft(model):
+        yield model
+        return
+    model.merge_adapter()
+    try:
+        yield model
+    finally:
+        model.unmerge_adapter()
+
+
+@contextlib.contextmanager
+def _tokenizer_state(tokenizer) -> Iterator[None]:
+    side = tokenizer.padding_side
+    try:
+        yield
+    finally:
+        tokenizer.padding_side = side
+
+
+def run_lm_eval(model, tokenizer, lm_cfg, out_dir: str | Path, seed: int = 0) -> LmEvalResult:
+    """Run the configured tasks on the in-memory model; write results under `out_dir`."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    out_dir = Path(out_dir)
+    tasks = [str(t) for t in lm_cfg.tasks]
+    include = lm_cfg.get("include_path")
+    task_dir = prepare_include_path(include, out_dir / "tasks") if include else None
+    manager = TaskManager(include_path=str(task_dir) if task_dir else None,
+                          include_defaults=bool(lm_cfg.get("include_defaults")) or not task_dir)
+    merge = bool(lm_cfg.get("merge_adapter", False))
+    with adapter_merged(model, merge) as scored, _tokenizer_state(tokenizer):
+        lm = HFLM(pretrained=scored, tokenizer=tokenizer, batch_size=int(lm_cfg.batch_size),
+                  max_length=lm_cfg.get("max_length"))
+        raw = simple_evaluate(
+            model=lm, tasks=tasks, num_fewshot=lm_cfg.get("num_fewshot"),
+            limit=lm_cfg.get("limit"), bootstrap_iters=int(lm_cfg.get("bootstrap_iters", 1000)),
+            log_samples=bool(lm_cfg.get("log_samples", False)),
+            apply_chat_template=bool(lm_cfg.get("apply_chat_template", False)),
+            gen_kwargs=_gen_kwargs(lm_cfg.get("gen_kwargs")), task_manager=manager,
+            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+            fewshot_random_seed=seed, verbosity="WARNING")
+    if raw is None:
+        raise RuntimeError("lm-eval returned no results")
+    keep = None if lm_cfg.get("record_subtasks") else set(tasks)
+    result = LmEvalResult(metrics=flatten(raw["results"], keep), results=raw["results"])
+    result.extra = {"results_file": str(write_outputs(raw, out_dir, bool(lm_cfg.get(
+        "log_samples")))), "adapter": "merged" if merge and is_peft(model) else
+        "unmerged" if is_peft(model) else "none"}
+    return result
+
+
+def _gen_kwargs(value):
+    if value is None or isinstance(value, str):
+        return value
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(value) if not isinstance(value, dict) else value
+
+
+# ------------------------------------------------------------------------------- base guard
+
+
+def baseline_digest(cfg) -> str:
+    """The sweep driver's cache key of the base-model evaluation (model, data, eval)."""
+    from omegaconf import OmegaConf
+
+    from harness.config import to_yaml
+
+    key = {"model": cfg.model, "data": cfg.data, "eval": cfg.eval}
+    return hashlib.sha256(to_yaml(OmegaConf.create(key)).encode()).hexdigest()[:12]
+
+
+def base_metrics(cfg) -> dict | None:
+    """Metrics of this sweep's base-model record, if the driver wrote one."""
+    try:
+        base_root = Path(str(cfg.paths.sweeps)) / str(cfg.sweep.name) / "baseline"
+    except Exception:  # noqa: BLE001 - a config without a sweep has no baseline
+        return None
+    candidates = [base_root / baseline_digest(cfg)]
+    candidates += sorted(base_root.glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for folder in candidates:
+        try:
+            record = json.loads((folder / "result.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if record.get("status") == "COMPLETE":
+            return record.get("metrics") or {}
+    return None
+
+
+def compare_to_base(metrics: dict, base: dict | None) -> tuple[dict[str, float], list[str]]:
+    """(metrics to add, warnings): the identical-to-base flag when there is a base record."""
+    scores = {k: v for k, v in metrics.items()
+              if k.startswith(PREFIX) and "_stderr" not in k and k != IDENTICAL_KEY}
+    shared = [k for k in scores if base and k in base]
+    if not shared:
+        return {}, []
+    identical = all(float(scores[k]) == float(base[k]) for k in shared)
+    warnings = []
+    if identical:
+        warnings.append(f"lm-eval scores identical to the base model on all {len(shared)} "
+                        "metrics: was the fine-tuned adapter applied?")
+    return {IDENTICAL_KEY: float(identical)}, warnings

@@ -1,0 +1,95 @@
+"""End-to-end sweeps on the embedded model: records, failures, resume after SIGKILL, report."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from harness.records import read_record
+from tests.conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+
+# Small trials: enough steps to move the metrics, small evaluation sets.
+FAST = ["method.train.max_steps=30", "method.train.eval_steps=15", "method.train.logging_steps=5",
+        "eval.rouge.max_samples=8", "eval.perplexity.max_texts=24", "launcher.parallel=1"]
+
+
+def _study(root: Path, name: str) -> optuna.Study:
+    storage = f"sqlite:///{root}/sweeps/{name}/study.db"
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _records(root: Path, name: str) -> list:
+    trials = sorted((root / "sweeps" / name / "trials").iterdir())
+    return [read_record(t) for t in trials]
+
+
+def test_default_sweep_end_to_end(tmp_path):
+    result = run_cli(["sweep.n_trials=3", *FAST], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = _records(tmp_path, "default")
+    assert [r.status for r in records] == ["COMPLETE"] * 3
+    assert {r.method for r in records} >= {"lora", "qlora"}  # enqueued one of each
+    for record in records:
+        assert record.metrics["perplexity"] > 1 and 0 <= record.metrics["rougeL"] <= 1
+        assert set(record.delta_vs_base) >= {"perplexity", "rougeL"}
+        assert record.train_seconds > 0 and record.peak_rss_mb > 0
+        assert 0 < record.trainable_params < record.total_params
+        assert record.versions["torch"] and record.loss_history
+        cfg = Path(record.config_path).read_text()
+        assert f"number: {record.number}" in cfg and "learning_rate" in cfg
+        assert (Path(record.output_dir) / "adapter_config.json").exists()
+    study = _study(tmp_path, "default")
+    assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 3
+    assert (tmp_path / "reports" / "default.html").exists()
+
+
+def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
+    space = "+sweep.params.targets={type:categorical,key:method.lora.target_modules," \
+            "choices:[all-linear,no_such_module]}"
+    result = run_cli(["sweep=qlora_rank", "sweep.name=failing", space, "method.lora.rank=4",
+                      *FAST], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = {r.params["targets"]: r for r in _records(tmp_path, "failing")}
+    assert records["all-linear"].status == "COMPLETE"
+    failed = records["no_such_module"]
+    assert failed.status == "FAILED" and failed.error.type == "ValueError"
+    assert "no_such_module" in failed.error.message
+    assert Path(failed.error.log).exists()
+    states = sorted(t.state.name for t in _study(tmp_path, "failing").trials)
+    assert states == ["COMPLETE", "FAIL"]
+
+
+def test_sigkill_then_rerun_resumes_without_rerunning(tmp_path):
+    args = ["sweep.name=resume", "sweep.n_trials=3", *FAST]
+    env = {**os.environ, "HARNESS_CACHE": str(REPO / ".cache" / "harness")}
+    driver = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=tmp_path, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "sweeps" / "resume" / "trials" / "0000" / "result.json"
+    deadline = time.time() + 400
+    while not first.exists() and time.time() < deadline and driver.poll() is None:
+        time.sleep(0.5)
+    assert first.exists(), "first trial did not complete"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    first_record = first.read_text()
+
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = _study(tmp_path, "resume")
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 3
+    assert json.loads(first.read_text())["status"] == "COMPLETE"
+    assert json.loads(first.read_text())["metrics"] == json.loads(first_record)["metrics"]
+    for trial in complete:
+        log = (Path(trial.user_attrs["dir"]) / "trial.log").read_text()
+        assert log.count("COMPLETE") == 1, f"trial {trial.number} ran more than once"
