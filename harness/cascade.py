@@ -123,18 +123,21 @@ def run_stages(model, tokenizer, cfg, stages: list[str]) -> tuple[dict, dict]:
             continue
         metrics.update(stage_metrics)
         extra[stage] = {**stage_extra, "seconds": round(time.perf_counter() - start, 2)}
+        log.info("%s: %d metrics in %.1f s", stage, len(stage_metrics), extra[stage]["seconds"])
     return metrics, extra
 
 
 def _run_stage(stage: str, model, tokenizer, cfg, out: Path) -> tuple[dict, dict]:
     if stage == "lm_eval":
-        from harness.lm_eval_runner import base_metrics, compare_to_base, run_lm_eval
+        from harness import lm_eval_runner as lmr
 
-        result = run_lm_eval(model, tokenizer, cfg.eval.lm_eval, out / "lm_eval",
-                             seed=int(cfg.get("seed", 0)))
+        result = lmr.run_lm_eval(model, tokenizer, cfg.eval.lm_eval, out / "lm_eval",
+                                 seed=int(cfg.get("seed", 0)))
         extra = dict(result.extra)
         if not (cfg.get("trial") or {}).get("baseline"):
-            flag, warnings = compare_to_base(result.metrics, base_metrics(cfg))
+            flag, warnings = lmr.compare_to_base(result.metrics, lmr.base_metrics(cfg),
+                                                 result.extra.get("fingerprints"),
+                                                 lmr.base_fingerprints(cfg))
             result.metrics.update(flag)
             if warnings:
                 log.warning(warnings[0])
@@ -333,3 +336,46 @@ def judge_counts(folder: Path) -> dict:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ------------------------------------------------------------------------------- validation
+
+
+def check_eval_config(cfg) -> None:
+    """Check the lm_eval / mt_bench / judge / cascade sections; raise ConfigError naming the
+    first bad field (never echoing a value that looks like a secret)."""
+    from harness.config import ConfigError
+
+    ev = cfg.eval
+    lm, mt = ev.get("lm_eval") or {}, ev.get("mt_bench") or {}
+    judge, casc = ev.get("judge") or {}, ev.get("cascade") or {}
+    if lm.get("enabled"):
+        if not lm.get("tasks"):
+            raise ConfigError("eval.lm_eval.tasks is empty")
+        _positive(lm.get("batch_size"), "eval.lm_eval.batch_size", ConfigError)
+        if lm.get("limit") is not None:
+            _positive(lm.limit, "eval.lm_eval.limit", ConfigError)
+    if mt.get("enabled"):
+        for key in ("question_path", "judge_prompts_path"):
+            if not mt.get(key):
+                raise ConfigError(f"eval.mt_bench.{key} is not set")
+        _positive(mt.get("max_new_tokens"), "eval.mt_bench.max_new_tokens", ConfigError)
+        if judge.get("base_url") and not judge.get("model"):
+            raise ConfigError("eval.judge.model must name the judge when eval.judge.base_url "
+                              "is set")
+    env = judge.get("api_key_env")
+    if env and (str(env).startswith(("sk-", "Bearer")) or len(str(env)) > 64 or " " in str(env)):
+        raise ConfigError("eval.judge.api_key_env must be the NAME of an environment variable "
+                          "(e.g. OPENAI_API_KEY), not the key itself")
+    if casc.get("enabled"):
+        if casc.get("direction", "minimize") not in ("minimize", "maximize"):
+            raise ConfigError("eval.cascade.direction must be minimize or maximize")
+        if casc.get("threshold") is None and not casc.get("top_k"):
+            raise ConfigError("eval.cascade needs a threshold or a top_k when enabled")
+        if casc.get("top_k") is not None:
+            _positive(casc.top_k, "eval.cascade.top_k", ConfigError)
+
+
+def _positive(value, name: str, error) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise error(f"{name} must be > 0, got {value!r}")

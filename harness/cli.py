@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=os.environ.get("HARNESS_LOG", "WARNING"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # bitsandbytes warns at import that an optional hub-downloaded CPU kernel is missing.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     from harness.data import DataError
 
     try:
@@ -58,12 +60,15 @@ def _run(overrides: list[str]) -> int:
 
 
 def _report(prepared) -> int:
-    from harness.report import write_report
+    from harness.report import write_exports, write_report
 
     if not (prepared.dir / "sweep.yaml").exists():
         raise ConfigError(f"sweep.name: no sweep at {prepared.dir} to report on")
-    path = write_report(prepared.dir, Path(prepared.cfg.paths.reports) / f"{prepared.name}.html")
+    reports = Path(prepared.cfg.paths.reports)
+    path = write_report(prepared.dir, reports / f"{prepared.name}.html")
+    exports = write_exports(prepared.dir, reports / prepared.name)
     print(f"report: {path}")
+    print("exports: " + ", ".join(str(p) for p in exports.values()))
     return 0
 
 

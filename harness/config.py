@@ -12,11 +12,12 @@ from pathlib import Path
 
 import yaml
 from hydra import compose, initialize_config_dir
-from hydra.errors import ConfigCompositionException, MissingConfigException
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 METHODS_WITH_PEFT = {"lora", "none"}
+TRIAL_KINDS = {"sft", "dpo", "ppo", "grpo"}   # dpo/ppo/grpo chain stages (harness.stages)
 QUANT_BITS = {None, 4, 8}
 
 
@@ -37,7 +38,7 @@ def compose_config(overrides: list[str]) -> DictConfig:
             cfg = compose("config", overrides=list(overrides))
     except MissingConfigException as exc:
         raise ConfigError(_missing_config_line(exc)) from None
-    except (ConfigCompositionException, OmegaConfBaseException) as exc:
+    except (HydraException, OmegaConfBaseException) as exc:
         raise ConfigError(_first_line(exc)) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -67,12 +68,17 @@ def _missing_config_line(exc: MissingConfigException) -> str:
 
 
 def resolve_paths(cfg: DictConfig) -> DictConfig:
-    """Make `paths.*` absolute (against the current directory) so trials run anywhere."""
+    """Make `paths.*` absolute (against the current directory), then resolve every
+    interpolation, so a trial's config means the same thing in any process or folder."""
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)
     for key in ("sweeps", "reports", "cache", "embedded"):
         value = str(cfg.paths[key])
         cfg.paths[key] = str(Path(value).expanduser().resolve())
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_first_line(exc)) from None
     return cfg
 
 
@@ -91,12 +97,20 @@ def validate_trial_config(cfg: DictConfig) -> None:
                           "eval.rouge.batch_size"])
     if cfg.eval.perplexity.stride > cfg.eval.perplexity.max_length:
         raise ConfigError("eval.perplexity.stride must be <= eval.perplexity.max_length")
+    from harness.cascade import check_eval_config
+
+    check_eval_config(cfg)
 
 
 def _check_method(method: DictConfig) -> None:
     name = method.get("name")
     if not name or str(name).startswith("_"):
         raise ConfigError(f"method: '{name}' is not a method config")
+    kind = method.get("kind", "sft")
+    if kind not in TRIAL_KINDS:
+        raise ConfigError(f"method.kind must be one of {sorted(TRIAL_KINDS)}, got {kind!r}")
+    if kind != "sft":
+        _check_sft_stage(method)
     if method.get("peft") not in METHODS_WITH_PEFT:
         raise ConfigError(f"method.peft must be one of {sorted(METHODS_WITH_PEFT)}, "
                           f"got {method.get('peft')!r}")
@@ -110,6 +124,16 @@ def _check_method(method: DictConfig) -> None:
         _check_lora(method.lora)
     _check_positive(method, ["train.learning_rate", "train.per_device_train_batch_size",
                              "train.gradient_accumulation_steps"], prefix="method.")
+
+
+def _check_sft_stage(method: DictConfig) -> None:
+    """dpo/ppo/grpo: `method.sft` is a whole SFT method config (harness.stages)."""
+    if method.get("sft") is None or method.sft.get("kind", "sft") != "sft":
+        raise ConfigError("method.sft must be an SFT method config (kind: sft)")
+    try:
+        _check_method(method.sft)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("method", "method.sft", 1)) from None
 
 
 def _check_lora(lora: DictConfig) -> None:

@@ -142,6 +142,9 @@ def check_data(data: DictConfig) -> None:
               (data.rouge, [data.rouge.prompt_field, data.rouge.reference_field])]
     if data.get("eval_loss") and data.eval_loss.get("path"):
         checks.append((data.eval_loss, [data.eval_loss.get("messages_field", "messages")]))
+    from harness.preference import check_preference_data
+
+    check_preference_data(data)   # data.preference (if any): every row, file:line on error
     for spec, required in checks:
         if spec.get("path") and is_local_file(str(spec.path)):
             read_jsonl(spec.path, required)

@@ -80,6 +80,8 @@ PRETRAIN_SEQ_LEN = 256
 PRETRAIN_LR = 3e-3
 PRETRAIN_WARMUP = 15
 TORCH_THREADS = 2
+PRETRAIN_FACT_REPEATS = 20
+PRETRAIN_SUMMARY_FRACTION = 0.6
 
 # ---------------------------------------------------------------------------------------------
 # Word lists
@@ -271,15 +273,15 @@ def fact_sentences(kb: list[dict[str, str]], rng: random.Random) -> list[str]:
 FACT_QUESTIONS = {
     "capital": (
         ["What is the capital of {country}?", "Name the capital city of {country}."],
-        "The capital of {country} is {capital}.",
+        "{country}'s capital is {capital}.",
     ),
     "language": (
         ["Which language is spoken in {country}?", "What do people in {country} speak?"],
-        "People in {country} speak {language}.",
+        "{country}'s people speak {language}.",
     ),
     "export": (
         ["What is the main export of {country}?", "What is {country} known for?"],
-        "The main export of {country} is {export}.",
+        "{country}'s main export is {export}.",
     ),
 }
 
@@ -306,10 +308,16 @@ def story_text(rng: random.Random, lex: Lexicon) -> str:
 
 
 def list_text(rng: random.Random) -> str:
-    """A plain list of words, as found in notes (pre-training corpus)."""
-    words = rng.sample(NOUNS, rng.randint(3, 6))
+    """A plain list of words, sometimes followed by its reversed or sorted form."""
+    words = rng.sample(NOUNS, rng.randint(3, 5))
     head = rng.choice(["Shopping list:", "Items:", "Packed today:", "Inventory:"])
-    return f"{head} {', '.join(words)}."
+    text = f"{head} {', '.join(words)}."
+    kind = rng.random()
+    if kind < 0.3:
+        text += f"\nReversed: {', '.join(reversed(words))}."
+    elif kind < 0.6:
+        text += f"\nSorted: {', '.join(sorted(words))}."
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,7 +459,8 @@ def make_corpus(seed: int) -> Corpus:
     )
     pref_test = _preference_rows(rng, _chat_rows(rng, pref_test_reports, held_facts, N_PREF_TEST), kb)
 
-    pretrain = _pretrain_texts(rng, lex, kb, n_reports=6000, n_stories=6000, n_lists=1500)
+    held_out = {r.summary for r in test_reports + pref_test_reports}
+    pretrain = _pretrain_texts(rng, lex, kb, held_out, n_reports=6000, n_stories=2500, n_lists=1500)
     return Corpus(
         pretrain=pretrain,
         files={
@@ -466,27 +475,51 @@ def make_corpus(seed: int) -> Corpus:
 
 
 def perplexity_text(row: dict[str, Any]) -> str:
-    """Held-out text for perplexity: the assistant response of a held-out chat row."""
-    return row["messages"][-1]["content"]
+    """Held-out text for perplexity: a held-out conversation rendered with the chat template."""
+    return render_chat(row["messages"])
+
+
+def render_chat(messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
+    """Render messages exactly as `CHAT_TEMPLATE` does (without needing a tokenizer)."""
+    text = BOS + "".join(f"<|{m['role']}|>\n{m['content']}{EOS}\n" for m in messages)
+    return text + ("<|assistant|>\n" if add_generation_prompt else "")
 
 
 def _pretrain_texts(
     rng: random.Random,
     lex: Lexicon,
     kb: list[dict[str, str]],
+    held_out: set[str],
     *,
     n_reports: int,
     n_stories: int,
     n_lists: int,
 ) -> list[str]:
-    """Generic documents: fresh reports (no summaries), facts, stories and lists."""
-    texts = [make_report(rng, lex).document for _ in range(n_reports)]
+    """Generic documents: fresh reports (half with a summary line), facts, stories and lists.
+
+    The summary lines, question/answer lines and list transformations give the base model latent
+    skills that chat fine-tuning can elicit quickly; it never sees the chat format itself.
+    """
+    texts = []
+    for _ in range(n_reports):
+        rep = make_report(rng, lex)
+        if rep.summary in held_out:
+            continue
+        with_summary = rng.random() < PRETRAIN_SUMMARY_FRACTION
+        texts.append(f"{rep.document}\nSummary: {rep.summary}" if with_summary else rep.document)
     texts += [story_text(rng, lex) for _ in range(n_stories)]
     texts += [list_text(rng) for _ in range(n_lists)]
-    for _ in range(30):
+    for _ in range(PRETRAIN_FACT_REPEATS):
         texts += fact_sentences(kb, rng)
+        texts += [fact_qa_text(rng, rec) for rec in kb]
     rng.shuffle(texts)
     return texts
+
+
+def fact_qa_text(rng: random.Random, record: dict[str, str]) -> str:
+    """A plain-text question and answer about one fact (pre-training corpus)."""
+    questions, answer = FACT_QUESTIONS[rng.choice(list(FACT_QUESTIONS))]
+    return f"Question: {rng.choice(questions)}\nAnswer: {answer}".format(**record)
 
 
 # ---------------------------------------------------------------------------------------------

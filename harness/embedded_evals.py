@@ -9,11 +9,14 @@
 - `evals/mt_bench/`: `question.jsonl` (a handful of two-turn questions in FastChat's format),
   `reference_answer/reference.jsonl` (FastChat answer format, for reasoning questions) and
   `judge_prompts.jsonl` (FastChat's four single-answer grading prompts);
-- `judge/`: the embedded judge, a copy of the tiny model fine-tuned on FastChat judge prompts
-  to answer `... Rating: [[N]]`, N from a lexical rule (token F1 between the answer and the
-  correct one, 1..10). It is a plumbing judge: its ratings are parseable and follow answer
-  overlap with the truth, they say nothing of real answer quality. Real sweeps judge with a
-  real model (`eval.judge.base_url` or `eval.judge.serve.model_path`).
+- `judge/`: the embedded judge, served by `transformers serve` like any local judge: a copy of
+  the tiny model fine-tuned briefly on FastChat grading prompts to answer `Rating: [[N]]`, N
+  from a lexical rule (1 + 9 x token F1 between the answer and the correct one). It is a
+  plumbing judge: its replies follow FastChat's format and parse, but a 1M-parameter model
+  does not learn the rule in a build-sized budget (Pearson r about 0.03 against the rule on
+  held-out synthetic prompts after 100 steps; 60 steps do not even fix the format), so
+  embedded MT-Bench scores carry no quality signal. Real sweeps judge with a real model
+  (`eval.judge.base_url` or `eval.judge.serve.model_path`).
 
 The judge prompt texts below are FastChat's (lm-sys/FastChat, fastchat/llm_judge/data/
 judge_prompts.jsonl, Apache License 2.0, Copyright the FastChat authors), reproduced verbatim.
@@ -275,7 +278,7 @@ def _judge_tasks(kb, reports, rng: random.Random) -> list[tuple[str, str]]:
 
 def judge_conversations(n: int, kb, reports, seed: int = SEED) -> list[dict]:
     """Synthetic grading chats: FastChat prompts filled with candidates, target
-    'The answer ... Rating: [[N]]' with N = rule_rating(candidate, correct answer)."""
+    'Rating: [[N]]' with N = rule_rating(candidate, correct answer)."""
     rng = random.Random(f"judge-{seed}")
     tasks = _judge_tasks(kb, reports, rng)
     pool = [a for _, a in tasks]
@@ -290,24 +293,21 @@ def judge_conversations(n: int, kb, reports, seed: int = SEED) -> list[dict]:
                   "answer_1": c1, "question_2": q2, "answer_2": c2, "ref_answer_2": t2}
         multi = "multi-turn" in name
         rating = rule_rating(c2, t2) if multi else rule_rating(c1, t1)
-        verdict = "matches" if rating >= 8 else "partly matches" if rating >= 4 else \
-            "does not match"
         rows.append({"messages": [
             {"role": "system", "content": prompt["system_prompt"]},
             {"role": "user", "content": prompt["prompt_template"].format(**fields)},
-            {"role": "assistant", "content": f"The answer {verdict} the expected answer. "
-                                             f"Rating: [[{rating}]]"}]})
+            {"role": "assistant", "content": f"Rating: [[{rating}]]"}]})
     return rows
 
 
 # ------------------------------------------------------------------------------- judge model
 
-JUDGE_STEPS = 150
+JUDGE_STEPS = 100
 JUDGE_BATCH = 8
 JUDGE_LR = 2e-3
 JUDGE_MAX_TOKENS = 1024
 JUDGE_EXAMPLES = 1200
-JUDGE_READS_CHARS = 900
+JUDGE_READS_CHARS = 400
 # The embedded judge reads only the tail of a grading request: its chat template drops the
 # system message and keeps the last JUDGE_READS_CHARS characters of the user message (where
 # FastChat's templates put the question, the reference and the answer). That keeps a 1M-param
@@ -480,3 +480,70 @@ def ensure_for_config(cfg) -> None:
 
         build_embedded(embedded)
         build_embedded_evals(embedded)
+
+
+# ------------------------------------------------------------------------------- toy models
+
+
+def build_toy_models(out_dir: str | Path, reply: str = "Rating: [[7]]",
+                     steps: int = 60) -> tuple[Path, Path]:
+    """Two tiny models for tests, in seconds: `out/model` (random weights, chat template) and
+    `out/judge`, trained to answer every grading request with `reply`. Returns their dirs."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from harness.embedded import CHAT_TEMPLATE, train_tokenizer
+
+    out_dir = Path(out_dir)
+    texts = [p["system_prompt"] + p["prompt_template"] for p in JUDGE_PROMPTS] + [reply] * 5
+    tokenizer = train_tokenizer(texts * 4)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
+                         max_position_embeddings=2048, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    for name, template in (("model", CHAT_TEMPLATE), ("judge", _toy_judge_template())):
+        tokenizer.chat_template = template
+        model = LlamaForCausalLM(config)
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        if name == "judge":
+            _fit_constant_reply(model, tokenizer, reply, steps)
+        model.save_pretrained(out_dir / name)
+        tokenizer.save_pretrained(out_dir / name)
+    return out_dir / "model", out_dir / "judge"
+
+
+def _toy_judge_template() -> str:
+    return JUDGE_CHAT_TEMPLATE.replace(f"[-{JUDGE_READS_CHARS}:]", "[-120:]")
+
+
+def _fit_constant_reply(model, tokenizer, reply: str, steps: int) -> None:
+    """Train `model` to answer any user message with `reply` (then eos)."""
+    import torch
+
+    rng = random.Random(0)
+    words = " ".join(p["prompt_template"] for p in JUDGE_PROMPTS).split()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    model.train()
+    for _ in range(steps):
+        rows = [{"messages": [{"role": "user", "content": " ".join(rng.sample(words, 40))},
+                              {"role": "assistant", "content": reply}]} for _ in range(8)]
+        ids, mask, labels = _batch(tokenizer, [_encode_chat(tokenizer, r, 256) for r in rows])
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    model.eval()
+
+
+def toy_models(root: str | Path) -> tuple[Path, Path]:
+    """`build_toy_models` once per folder (locked; reused when already built)."""
+    from filelock import FileLock
+
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(root / ".lock")):
+        if not (root / "judge" / "config.json").is_file():
+            build_toy_models(root)
+    return root / "model", root / "judge"

@@ -166,7 +166,7 @@ def perplexity(
         batches = _batches(windows, batch_size)
         for batch in tqdm(batches, total=n_batches, desc="perplexity", disable=not progress):
             nll, count = _batch_nll(model, batch, pad_id)
-            total = total.to(nll.device) + nll.double()  # stays on device: no sync per batch
+            total = total.to(nll.device) + nll.double()  # float64 sum over all batches
             n_tokens += count
     return _result(total.item(), n_tokens)
 

@@ -157,10 +157,13 @@ def serve_model(model_dir: str | Path, *, log_path: str | Path | None = None,
 
 
 def served_model_path(cfg) -> str | None:
-    """`eval.judge.serve.model_path` when MT-Bench is on and a local judge is configured."""
+    """`eval.judge.serve.model_path` when MT-Bench is on and judges through a local server
+    (no `eval.judge.base_url`)."""
     ev = cfg.eval
     mt, judge = ev.get("mt_bench") or {}, ev.get("judge") or {}
-    if not mt.get("enabled") or not (judge.get("serve") or {}).get("model_path"):
+    if not mt.get("enabled") or judge.get("base_url"):
+        return None
+    if not (judge.get("serve") or {}).get("model_path"):
         return None
     return str(judge.serve.model_path)
 
@@ -208,7 +211,7 @@ class Endpoint:
     error: str | None = None
 
     def client(self):
-        from harness.judge import JudgeClient, JudgmentCache, JudgeSettings
+        from harness.judge import JudgeClient, JudgeSettings, JudgmentCache
 
         settings = JudgeSettings.from_config(self.judge_cfg, self.base_url, self.model)
         return JudgeClient(settings, JudgmentCache(self.cache_dir))
@@ -229,14 +232,24 @@ def configured_endpoint(cfg) -> tuple[str | None, str | None]:
     return None, None
 
 
+def default_cache_dir(cfg, out_dir: str | Path) -> str:
+    """`eval.judge.cache_dir`, else sweeps/<sweep>/judge_cache, else <out_dir>/judge_cache."""
+    judge = cfg.eval.judge
+    if judge.get("cache_dir"):
+        return str(judge.cache_dir)
+    paths, sweep = cfg.get("paths") or {}, cfg.get("sweep") or {}
+    if paths.get("sweeps") and sweep.get("name"):
+        return str(Path(str(paths.sweeps)) / str(sweep.name) / "judge_cache")
+    return str(Path(out_dir) / "judge_cache")
+
+
 @contextlib.contextmanager
 def judge_endpoint(cfg, out_dir: str | Path) -> Iterator[Endpoint]:
     """The judge for one evaluation: a configured or sweep-wide endpoint, else a local server
     started for this block only (`eval.judge.serve.model_path`), else an Endpoint with
     `error` set. Never raises for a judge that cannot be reached or started."""
     judge = cfg.eval.judge
-    cache_dir = str(judge.cache_dir) if judge.get("cache_dir") else str(Path(out_dir) /
-                                                                         "judge_cache")
+    cache_dir = default_cache_dir(cfg, out_dir)
     base_url, model = configured_endpoint(cfg)
     if base_url:
         error = None if model else "eval.judge.model is not set"

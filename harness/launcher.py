@@ -27,6 +27,7 @@ class Job(Protocol):
     """A running or finished trial job."""
 
     trial_dir: Path
+    started: float  # time.time() when the job was submitted
 
     def done(self) -> bool: ...
 

@@ -10,8 +10,9 @@
   YAML's own folder (`!function` helpers beside the YAMLs keep working);
 - metrics flattened to `lm_eval/<task>/<metric>` and `lm_eval/<task>/<metric>_stderr`
   (`@<filter>` appended for filters other than `none`);
-- guard: `lm_eval/identical_to_base` is 1 when every lm-eval score equals the base model's,
-  the signature of an adapter that was never applied.
+- guard: `lm_eval/identical_to_base` is 1 when the trial's outputs on every example (a hash of
+  log-likelihoods / generations per task) equal the base model's, the signature of an adapter
+  that was never applied; the driver's `delta_vs_base` holds the score differences.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 PREFIX = "lm_eval/"
 IDENTICAL_KEY = "lm_eval/identical_to_base"
+FINGERPRINT_FILE = "fingerprint.json"
 SKIP_RESULT_KEYS = {"alias", "samples", " "}
 
 
@@ -195,14 +197,14 @@ def _tokenizer_state(tokenizer) -> Iterator[None]:
 
 def run_lm_eval(model, tokenizer, lm_cfg, out_dir: str | Path, seed: int = 0) -> LmEvalResult:
     """Run the configured tasks on the in-memory model; write results under `out_dir`."""
-    from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
-
     out_dir = Path(out_dir)
     tasks = [str(t) for t in lm_cfg.tasks]
     include = lm_cfg.get("include_path")
     task_dir = prepare_include_path(include, out_dir / "tasks") if include else None
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
     manager = TaskManager(include_path=str(task_dir) if task_dir else None,
                           include_defaults=bool(lm_cfg.get("include_defaults")) or not task_dir)
     merge = bool(lm_cfg.get("merge_adapter", False))
@@ -212,8 +214,8 @@ def run_lm_eval(model, tokenizer, lm_cfg, out_dir: str | Path, seed: int = 0) ->
         raw = simple_evaluate(
             model=lm, tasks=tasks, num_fewshot=lm_cfg.get("num_fewshot"),
             limit=lm_cfg.get("limit"), bootstrap_iters=int(lm_cfg.get("bootstrap_iters", 1000)),
-            log_samples=bool(lm_cfg.get("log_samples", False)),
-            apply_chat_template=bool(lm_cfg.get("apply_chat_template", False)),
+            log_samples=True,
+            apply_chat_template=_chat_template(lm_cfg, tokenizer),
             gen_kwargs=_gen_kwargs(lm_cfg.get("gen_kwargs")), task_manager=manager,
             random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
             fewshot_random_seed=seed, verbosity="WARNING")
@@ -221,10 +223,23 @@ def run_lm_eval(model, tokenizer, lm_cfg, out_dir: str | Path, seed: int = 0) ->
         raise RuntimeError("lm-eval returned no results")
     keep = None if lm_cfg.get("record_subtasks") else set(tasks)
     result = LmEvalResult(metrics=flatten(raw["results"], keep), results=raw["results"])
+    prints = fingerprints(raw.get("samples"))
+    (out_dir / FINGERPRINT_FILE).parent.mkdir(parents=True, exist_ok=True)
+    (out_dir / FINGERPRINT_FILE).write_text(json.dumps(prints, indent=2))
     result.extra = {"results_file": str(write_outputs(raw, out_dir, bool(lm_cfg.get(
-        "log_samples")))), "adapter": "merged" if merge and is_peft(model) else
-        "unmerged" if is_peft(model) else "none"}
+        "log_samples")))), "fingerprints": prints, "adapter": "merged" if merge and
+        is_peft(model) else "unmerged" if is_peft(model) else "none"}
     return result
+
+
+def _chat_template(lm_cfg, tokenizer) -> bool:
+    """`apply_chat_template`, switched off (with a warning) for a tokenizer without one."""
+    wanted = bool(lm_cfg.get("apply_chat_template", False))
+    if wanted and getattr(tokenizer, "chat_template", None) is None:
+        log.warning("eval.lm_eval.apply_chat_template: the tokenizer has no chat template; "
+                    "scoring plain prompts")
+        return False
+    return wanted
 
 
 def _gen_kwargs(value):
@@ -238,44 +253,83 @@ def _gen_kwargs(value):
 # ------------------------------------------------------------------------------- base guard
 
 
+def fingerprints(samples: dict) -> dict[str, str]:
+    """Per task, a hash of every example's model outputs (log-likelihoods or generations):
+    equal hashes mean the model answered exactly as another one did."""
+    out = {}
+    for task, rows in (samples or {}).items():
+        outputs = sorted((int(r.get("doc_id", 0)), r.get("filtered_resps", r.get("resps")))
+                         for r in rows)
+        out[task] = hashlib.sha256(json.dumps(outputs, default=str).encode()).hexdigest()
+    return out
+
+
 def baseline_digest(cfg) -> str:
-    """The sweep driver's cache key of the base-model evaluation (model, data, eval)."""
+    """Cache key of the base-model evaluation: model, data and eval sections, resolved (the
+    driver's `evaluate_base` should use this function so that both agree)."""
     from omegaconf import OmegaConf
 
     from harness.config import to_yaml
 
-    key = {"model": cfg.model, "data": cfg.data, "eval": cfg.eval}
+    key = {k: OmegaConf.to_container(cfg[k], resolve=True) for k in ("model", "data", "eval")}
     return hashlib.sha256(to_yaml(OmegaConf.create(key)).encode()).hexdigest()[:12]
 
 
-def base_metrics(cfg) -> dict | None:
-    """Metrics of this sweep's base-model record, if the driver wrote one."""
+def base_folder(cfg) -> Path | None:
+    """This sweep's completed base-model folder (the driver's digest first, else the newest)."""
     try:
         base_root = Path(str(cfg.paths.sweeps)) / str(cfg.sweep.name) / "baseline"
     except Exception:  # noqa: BLE001 - a config without a sweep has no baseline
         return None
-    candidates = [base_root / baseline_digest(cfg)]
+    try:
+        candidates = [base_root / baseline_digest(cfg)]
+    except Exception:  # noqa: BLE001 - an unresolvable config: fall back to the newest
+        candidates = []
     candidates += sorted(base_root.glob("*"), key=lambda p: p.stat().st_mtime, reverse=True)
     for folder in candidates:
         try:
-            record = json.loads((folder / "result.json").read_text())
+            if json.loads((folder / "result.json").read_text()).get("status") == "COMPLETE":
+                return folder
         except (OSError, ValueError):
             continue
-        if record.get("status") == "COMPLETE":
-            return record.get("metrics") or {}
     return None
 
 
-def compare_to_base(metrics: dict, base: dict | None) -> tuple[dict[str, float], list[str]]:
-    """(metrics to add, warnings): the identical-to-base flag when there is a base record."""
-    scores = {k: v for k, v in metrics.items()
-              if k.startswith(PREFIX) and "_stderr" not in k and k != IDENTICAL_KEY}
-    shared = [k for k in scores if base and k in base]
-    if not shared:
-        return {}, []
-    identical = all(float(scores[k]) == float(base[k]) for k in shared)
+def base_metrics(cfg) -> dict | None:
+    """Metrics of this sweep's base-model record, if the driver wrote one."""
+    folder = base_folder(cfg)
+    if folder is None:
+        return None
+    return json.loads((folder / "result.json").read_text()).get("metrics") or {}
+
+
+def base_fingerprints(cfg) -> dict | None:
+    folder = base_folder(cfg)
+    try:
+        return json.loads((folder / "lm_eval" / FINGERPRINT_FILE).read_text())
+    except (TypeError, OSError, ValueError):
+        return None
+
+
+def compare_to_base(metrics: dict, base: dict | None, prints: dict | None = None,
+                    base_prints: dict | None = None) -> tuple[dict[str, float], list[str]]:
+    """(metrics to add, warnings): `lm_eval/identical_to_base` = 1 when the trial answered
+    every example exactly as the base did (output fingerprints), or, without fingerprints,
+    when every lm-eval score equals the base's."""
+    shared_prints = sorted(set(prints or {}) & set(base_prints or {}))
+    if shared_prints:
+        identical = all(prints[t] == base_prints[t] for t in shared_prints)
+        what = f"outputs on all {len(shared_prints)} tasks"
+    else:
+        scores = {k: v for k, v in metrics.items()
+                  if k.startswith(PREFIX) and "_stderr" not in k and k != IDENTICAL_KEY}
+        shared = [k for k in scores if base and k in base]
+        if not shared:
+            return {}, []
+        identical = all(float(scores[k]) == float(base[k]) for k in shared)
+        what = f"scores on all {len(shared)} metrics"
     warnings = []
     if identical:
-        warnings.append(f"lm-eval scores identical to the base model on all {len(shared)} "
-                        "metrics: was the fine-tuned adapter applied?")
+        warnings.append(f"lm-eval {what} identical to the base model: was the fine-tuned "
+                        "adapter applied?")
     return {IDENTICAL_KEY: float(identical)}, warnings

@@ -25,6 +25,7 @@ from functools import cached_property
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import plotly.graph_objects as go
@@ -62,9 +63,11 @@ MAX_LOG_TAILS = 50               # failed trials whose log tail is embedded
 LOG_TAIL_BYTES = 3000
 FANOVA_TREE_BUDGET = 6400       # trees x completed trials: 64 trees up to 100 trials
 MIN_FANOVA_TREES = 8
+MAX_SCATTER_METRICS = 24         # metrics plotted against the parameters (no *_stderr)
 SCATTER_COLS = 3                 # subplots per row in "metric against parameter"
 TIME_COLUMNS = ("train_seconds", "eval_seconds", "wall_seconds")
 MEMORY_COLUMNS = ("peak_rss_mb", "gpu_max_allocated_mb")
+BAD_RECORD = (OSError, ValueError, TypeError, KeyError, AttributeError)  # unreadable result.json
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -129,6 +132,10 @@ class SweepData:
                 if any(_num(r.metrics.get(m)) is not None for r in done)]
 
     @cached_property
+    def pareto(self) -> list[TrialRecord]:
+        return pareto_front(self)
+
+    @cached_property
     def plot_study(self) -> optuna.Study:
         """The study for Optuna's plots: the stored one, else one rebuilt from the records."""
         return self.study if self.study is not None else records_study(self)
@@ -172,7 +179,7 @@ def _read_trial(number: int, trial_dir: Path,
     """The trial's record, or a NO_RESULT placeholder (params from config.yaml) if it has none."""
     try:
         record = read_record(trial_dir)
-    except (ValueError, TypeError) as exc:
+    except BAD_RECORD as exc:
         return _placeholder(number, trial_dir, f"unreadable {RESULT_FILE}: {exc}")
     if record is None:
         return _placeholder(number, trial_dir, _missing_reason(trial))
@@ -207,7 +214,7 @@ def _load_baseline(sweep_dir: Path) -> TrialRecord | None:
     paths = sorted((sweep_dir / "baseline").glob(f"*/{RESULT_FILE}"),
                    key=lambda p: p.stat().st_mtime, reverse=True)
     for path in paths:
-        with contextlib.suppress(ValueError, TypeError):
+        with contextlib.suppress(*BAD_RECORD):
             record = read_record(path.parent)
             if record is not None and record.status == COMPLETE:
                 return record
@@ -385,7 +392,7 @@ def _seen_distribution(seen: list) -> BaseDistribution | None:
     return CategoricalDistribution(choices)
 
 
-def _contains(dist: BaseDistribution, value) -> bool:
+def _contains(dist: BaseDistribution, value: object) -> bool:
     try:
         return bool(dist._contains(dist.to_internal_repr(value)))
     except (ValueError, TypeError):
@@ -397,28 +404,28 @@ class _Raw(str):
     """HTML built here (already escaped); every other string is escaped when rendered."""
 
 
-def _e(value) -> str:
+def _e(value: object) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _num(value) -> float | None:
+def _num(value: object) -> float | None:
     """A finite float, or None (for strings, bools, None, NaN, inf)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None
 
 
-def _missing(value) -> bool:
+def _missing(value: object) -> bool:
     """None, NaN or pd.NA (a missing table cell)."""
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
-def _plain(value):
+def _plain(value: object) -> object:
     """Scalars as they are; lists and dicts as text (a table cell holds one value)."""
     return value if value is None or isinstance(value, bool | int | float | str) else str(value)
 
 
-def _fmt(value) -> str:
+def _fmt(value: object) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, bool):
@@ -461,15 +468,16 @@ def _better(delta: float, direction: str) -> bool:
     return delta < 0 if direction == "minimize" else delta > 0
 
 
-def _delta_html(delta: float | None, pct: float | None, direction: str | None) -> str:
-    """'+1.2 (+3.4%)' coloured better/worse when the direction is known."""
+def _delta_html(delta: float | None, pct: float | None, direction: str | None,
+                word: bool = False) -> str:
+    """'+1.2 (+3.4%)' coloured better/worse when the direction is known (and said, if word)."""
     if delta is None:
         return "—"
     text = f"{delta:+.4g}" + (f" ({pct:+.1f}%)" if pct is not None else "")
     if direction is None or delta == 0:
         return _e(text)
     cls = "better" if _better(delta, direction) else "worse"
-    return f'<span class="{cls}">{_e(text)}</span>'
+    return f'<span class="{cls}">{_e(text)}{", " + cls if word else ""}</span>'
 
 
 def _table(header: list[str], rows: list[list], cls: str = "") -> str:
@@ -481,11 +489,11 @@ def _table(header: list[str], rows: list[list], cls: str = "") -> str:
     return f"<table{cls_attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def _cell(value) -> str:
+def _cell(value: object) -> str:
     return value if isinstance(value, _Raw) else _e(_fmt(value))
 
 
-def _text(value) -> _Raw:
+def _text(value: object) -> _Raw:
     """Model or log text: escaped, whitespace kept."""
     return _Raw(f'<div class="text">{_e(value if value is not None else "")}</div>')
 
@@ -569,13 +577,13 @@ def _headline(data: SweepData, best: TrialRecord) -> str:
     value = _num(best.metrics[metric])
     delta, pct = _delta(best, data.baseline, metric)
     base = _num(data.baseline.metrics.get(metric)) if data.baseline else None
-    against = (f" vs base model {_e(_fmt(base))}: {_delta_html(delta, pct, direction)}"
+    against = (f" vs base model {_e(_fmt(base))}: {_delta_html(delta, pct, direction, True)}"
                if base is not None else " (no base-model value to compare)")
     share = (f" ({100 * best.trainable_params / best.total_params:.2f}%)"
              if best.total_params else "")
     return (
         '<div class="headline">'
-        f'<p class="big">Best trial <a href="#best">#{best.number}</a> '
+        f'<p class="big">Best trial <a href="#best">#{_e(best.number)}</a> '
         f"<span class=\"tag\">{_e(best.method)}</span>: <b>{_e(metric)} = {_e(_fmt(value))}"
         f"</b>{against}</p>"
         f"<p>params: <code>{_e(_params_text(best.params))}</code></p>"
@@ -590,8 +598,8 @@ def _headline(data: SweepData, best: TrialRecord) -> str:
 def _pareto_line(data: SweepData) -> str:
     if len(data.objectives) < 2:
         return ""
-    front = pareto_front(data)
-    numbers = ", ".join(f"#{r.number}" for r in front)
+    front = data.pareto
+    numbers = _e(", ".join(f"#{r.number}" for r in front))
     return (f"<p>Pareto front ({len(front)} trials): {numbers}, "
             'see <a href="#pareto">below</a>.</p>')
 
@@ -623,7 +631,7 @@ def _trials_table(data: SweepData, figs: Figures) -> str:
             f'objective.</p><div class="scroll">{table}</div>')
 
 
-def _table_cell(value) -> str:
+def _table_cell(value: object) -> str:
     """A trials-table cell as text: blank when missing, whole numbers without exponent."""
     if _missing(value):
         return ""
@@ -639,21 +647,21 @@ def _best_section(data: SweepData, figs: Figures) -> str:
     path = data.config_path(best.number)
     rows = [[k, _plain(v)] for k, v in best.params.items()]
     config = path.read_text(errors="replace") if path.is_file() else "(config.yaml missing)"
-    return (f"<p>Trial #{best.number} ({_e(best.method)}), config: {_link(path)}</p>"
+    return (f"<p>Trial #{_e(best.number)} ({_e(best.method)}), config: {_link(path)}</p>"
             + _table(["parameter", "value"], rows, "compact")
             + f"<details><summary>full config.yaml</summary>{_text(config)}</details>")
 
 
 def _pareto_section(data: SweepData, figs: Figures) -> str:
     names = [m for m, _ in data.objectives]
-    front = pareto_front(data)
+    front = data.pareto
     if not front:
         return _note("No completed trial yet: no Pareto front.")
     fig = ""
     if len(names) <= 3:
         fig = _optuna_figure(figs, lambda: optuna.visualization.plot_pareto_front(
             data.plot_study, target_names=names), "Pareto front")
-    rows = [[_Raw(f"#{r.number}"), r.method, _params_text(r.params),
+    rows = [[f"#{r.number}", r.method, _params_text(r.params),
              *[_plain(r.metrics.get(m)) for m in names]] for r in front]
     return fig + _table(["trial", "method", "params", *names], rows)
 
@@ -697,11 +705,21 @@ def _importance_section(data: SweepData, figs: Figures) -> str:
     names = {k for t in done for k in t.params}
     if not any(len({repr(t.params.get(k)) for t in done}) > 1 for k in names):
         return _note("Skipped: no parameter took more than one value in the completed trials.")
-    trees = max(MIN_FANOVA_TREES, min(64, FANOVA_TREE_BUDGET // len(done)))
-    evaluator = optuna.importance.FanovaImportanceEvaluator(n_trees=trees, seed=0)
-    return _note(f"fANOVA over {len(done)} completed trials, {trees} trees.") + _optuna_figure(
+    evaluator, how = _importance_evaluator(len(done))
+    return _note(f"{how} over {len(done)} completed trials.") + _optuna_figure(
         figs, lambda: optuna.visualization.plot_param_importances(
             study, evaluator=evaluator, **_target(data)), "parameter importance", 360)
+
+
+def _importance_evaluator(n_done: int) -> tuple[optuna.importance.BaseImportanceEvaluator, str]:
+    """fANOVA (Optuna's default; needs scikit-learn), else PED-ANOVA."""
+    trees = max(MIN_FANOVA_TREES, min(64, FANOVA_TREE_BUDGET // n_done))
+    try:
+        import sklearn.ensemble  # noqa: F401 - fANOVA's random forest
+    except ImportError:
+        return optuna.importance.PedAnovaImportanceEvaluator(), "PED-ANOVA (no scikit-learn)"
+    return (optuna.importance.FanovaImportanceEvaluator(n_trees=trees, seed=0),
+            f"fANOVA with {trees} trees")
 
 
 def _scatter_section(data: SweepData, figs: Figures) -> str:
@@ -711,7 +729,11 @@ def _scatter_section(data: SweepData, figs: Figures) -> str:
         return _note("No completed trial with metrics yet.")
     if not data.param_names:
         return _note("The sweep has no swept parameters.")
-    return "".join(figs.html(*_metric_figure(data, done, m)) for m in data.numeric_metrics)
+    metrics = [m for m in data.numeric_metrics if not m.endswith("_stderr")]
+    shown = metrics[:MAX_SCATTER_METRICS]
+    note = _note(f"Showing the first {len(shown)} of {len(metrics)} metrics (objectives first; "
+                 "all are in the trials table).") if len(metrics) > len(shown) else ""
+    return note + "".join(figs.html(*_metric_figure(data, done, m)) for m in shown)
 
 
 def _metric_figure(data: SweepData, done: list[TrialRecord],
@@ -729,13 +751,19 @@ def _metric_figure(data: SweepData, done: list[TrialRecord],
                           row=row, col=col)
         _param_axis(fig, data, name, row, col)
     base = _num(data.baseline.metrics.get(metric)) if data.baseline else None
-    if base is not None:
-        for i in range(len(names)):
-            fig.add_hline(y=base, line_dash="dash", line_color="gray",
-                          row=i // SCATTER_COLS + 1, col=i % SCATTER_COLS + 1)
     note = " (dashed: base model)" if base is not None else ""
-    fig.update_layout(title=f"{metric} against each parameter{note}", legend_title="method")
+    fig.update_layout(title=f"{metric} against each parameter{note}", legend_title="method",
+                      shapes=_base_lines(base, len(names)))
     return fig, 140 + 260 * rows
+
+
+def _base_lines(base: float | None, subplots: int) -> list[dict]:
+    """A dashed horizontal line at the base model's value in each subplot (row-major axes)."""
+    if base is None:
+        return []
+    axes = ["" if i == 0 else str(i + 1) for i in range(subplots)]
+    return [{"type": "line", "xref": f"x{a} domain", "x0": 0, "x1": 1, "yref": f"y{a}",
+             "y0": base, "y1": base, "line": {"dash": "dash", "color": "gray"}} for a in axes]
 
 
 def _param_scatter(data: SweepData, done: list[TrialRecord], metric: str, name: str,
@@ -743,14 +771,16 @@ def _param_scatter(data: SweepData, done: list[TrialRecord], metric: str, name: 
     points = [(r.params[name], _num(r.metrics.get(metric)), r.number) for r in done
               if r.method == method and r.params.get(name) is not None
               and _num(r.metrics.get(metric)) is not None]
-    categorical = _is_categorical(data, name)
-    xs = [str(x) if categorical else x for x, _, _ in points]
+    if _is_categorical(data, name):
+        xs = np.array([str(x) for x, _, _ in points], dtype=object)
+    else:
+        xs = np.array([float(x) for x, _, _ in points])
     palette = _palette()
-    return go.Scatter(x=xs, y=[y for _, y, _ in points], mode="markers", name=method,
+    return go.Scatter(x=xs, y=np.array([y for _, y, _ in points]), mode="markers", name=method,
                       legendgroup=method, showlegend=legend,
                       marker={"color": palette[color % len(palette)], "size": 7,
                               "opacity": 0.75},
-                      customdata=[n for _, _, n in points],
+                      customdata=np.array([n for _, _, n in points]),
                       hovertemplate=f"trial #%{{customdata}}<br>{_e(name)}=%{{x}}<br>"
                                     f"{_e(metric)}=%{{y}}<extra></extra>")
 
@@ -813,7 +843,8 @@ def _loss_trace(record: TrialRecord, key: str, color: str, legend: bool,
             if isinstance(r, dict) and _num(r.get(key)) is not None and "step" in r]
     rows = _subsample(rows, MAX_LOSS_POINTS)
     label = f"#{record.number} {record.method}" + (" (best)" if best else "")
-    return go.Scatter(x=[r["step"] for r in rows], y=[_num(r[key]) for r in rows],
+    return go.Scatter(x=np.array([_num(r["step"]) for r in rows], dtype=float),
+                      y=np.array([_num(r[key]) for r in rows]),
                       mode="lines+markers" if key == "eval_loss" else "lines",
                       name=label, legendgroup=str(record.number), showlegend=legend,
                       line={"color": color, "width": 3 if best else 1.3},
@@ -966,10 +997,11 @@ def _config_diff_section(data: SweepData, figs: Figures) -> str:
     if not differ:
         return _note("The top trials' configs are identical outside `trial`.")
     rows = [[k, *[_plain(f.get(k, "(absent)")) for f in flat]] for k in differ]
-    return _table(["key", *[f"#{r.number} (rank {i + 1})" for i, r in enumerate(top)]], rows)
+    head = ["key", *[f"#{r.number} (rank {i + 1})" for i, r in enumerate(top)]]
+    return _note("Keys under `trial` (number, folder, ids) are left out.") + _table(head, rows)
 
 
-def _flatten(tree, prefix: str = "") -> dict:
+def _flatten(tree: object, prefix: str = "") -> dict:
     if isinstance(tree, dict) and tree:
         out = {}
         for key, value in tree.items():

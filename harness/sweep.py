@@ -10,7 +10,6 @@ trials/<number>/ (config.yaml, trial.log, result.json, model/).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 from tqdm import tqdm
 
+from harness.cascade import top_k_pass
 from harness.config import (
     ConfigError,
     compose_config,
@@ -28,7 +28,10 @@ from harness.config import (
     to_yaml,
     validate_trial_config,
 )
+from harness.embedded_evals import ensure_for_config
+from harness.judge_server import sweep_judge
 from harness.launcher import Job, Launcher, make_launcher, trial_threads
+from harness.lm_eval_runner import baseline_digest
 from harness.records import (
     COMPLETE,
     CONFIG_FILE,
@@ -144,6 +147,7 @@ def check_inputs(sweep: Sweep) -> None:
         build_embedded(cfg.paths.embedded)
     if cfg.data.source == "embedded":
         check_data(cfg.data)
+    ensure_for_config(cfg)  # the embedded lm-eval tasks, MT-Bench questions and judge
     if cfg.model.source in ("embedded", "local") and not Path(str(cfg.model.path)).is_dir():
         raise ConfigError(f"model.path: no model directory at {cfg.model.path}")
 
@@ -258,6 +262,7 @@ class Driver:
         """Read the ended trial's record (or write one for a job that died) and tell Optuna."""
         job = self.running.pop(number)
         record = read_record(job.trial_dir) or self._lost_record(number, job)
+        record.extra["job_seconds"] = time.time() - job.started
         self.tell(number, record, job.trial_dir)
 
     def _lost_record(self, number: int, job: Job) -> TrialRecord:
@@ -317,9 +322,7 @@ class Driver:
     def evaluate_base(self) -> TrialRecord:
         """Evaluate the base model once per sweep (cached by model, data and eval config)."""
         cfg = self.sweep.cfg
-        key = {"model": cfg.model, "data": cfg.data, "eval": cfg.eval}
-        digest = hashlib.sha256(to_yaml(OmegaConf.create(key)).encode()).hexdigest()[:12]
-        base_dir = self.sweep.dir / "baseline" / digest
+        base_dir = self.sweep.dir / "baseline" / baseline_digest(cfg)
         record = read_record(base_dir)
         if record is not None and record.status == COMPLETE:
             return record
@@ -367,7 +370,9 @@ def run(sweep: Sweep) -> optuna.Study:
     study = open_study(sweep)
     launcher = make_launcher(sweep.cfg)
     try:
-        Driver(sweep, study, launcher).run()
+        with sweep_judge(sweep.cfg, sweep.dir):  # one local judge server for all trials
+            Driver(sweep, study, launcher).run()
+            top_k_pass(sweep.dir, sweep.cfg)  # eval.cascade: score the top k trials now
     finally:
         launcher.close()
     return study

@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -47,6 +48,8 @@ class LossHistory(TrainerCallback):
         self.rows: list[dict] = []
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:   # data-parallel: rank 0 keeps the history
+            return
         logs = logs or {}
         row = {"step": state.global_step}
         for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
@@ -62,7 +65,10 @@ class LossHistory(TrainerCallback):
 
 
 class PruningCallback(TrainerCallback):
-    """Reports eval loss to the study after each evaluation; stops the trial if pruned."""
+    """Reports eval loss to the study after each evaluation; stops the trial if pruned.
+
+    Data-parallel (torchrun): rank 0 reports and decides, every rank follows its decision.
+    """
 
     def __init__(self, reporter: Reporter):
         self.reporter = reporter
@@ -73,10 +79,62 @@ class PruningCallback(TrainerCallback):
         value = (metrics or {}).get("eval_loss")
         if value is None:
             return
-        self.reporter.report(float(value), state.global_step)
-        if self.reporter.should_prune():
+        if _rank0_decides(lambda: self._report(float(value), state.global_step)):
             raise optuna.TrialPruned(f"pruned at step {state.global_step} "
                                      f"(eval_loss {value:.4f})")
+
+    def _report(self, value: float, step: int) -> bool:
+        self.reporter.report(value, step)
+        return self.reporter.should_prune()
+
+
+def _rank0_decides(decide: Callable[[], bool]) -> bool:
+    """decide() on rank 0 of a torch.distributed run, broadcast to all ranks (else just call)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return decide()
+    box = [decide() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])
+
+
+_checkpoint_requests: list[Callable[[], None]] = []
+_training = [False]
+
+
+def request_checkpoint(then: Callable[[], None]) -> bool:
+    """Preemption (called from a signal handler): save a checkpoint at the end of the current
+    training step, then call `then` (e.g. exit or requeue). False when no training runs."""
+    if not _training[0]:
+        return False
+    _checkpoint_requests.append(then)
+    return True
+
+
+class CheckpointOnRequest(TrainerCallback):
+    """Serves request_checkpoint(): a checkpoint at the next step end, then the follow-ups."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        _training[0] = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if _checkpoint_requests:
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        self._follow_up(state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        _training[0] = False
+        self._follow_up(state.global_step)
+
+    @staticmethod
+    def _follow_up(step: int) -> None:
+        if _checkpoint_requests:
+            log.warning("checkpoint at step %d saved on request", step)
+        while _checkpoint_requests:
+            _checkpoint_requests.pop(0)()
 
 
 def optimizer_name(name: str) -> str:
@@ -98,7 +156,7 @@ def sft_config(method: DictConfig, model_cfg: DictConfig, output_dir: Path, seed
         output_dir=str(output_dir),
         learning_rate=float(train.learning_rate),
         lr_scheduler_type=train.lr_scheduler_type,
-        warmup_ratio=float(train.warmup_ratio),
+        warmup_steps=float(train.warmup_ratio),  # transformers 5: a float < 1 is a ratio
         max_steps=int(train.max_steps) if train.max_steps else -1,
         num_train_epochs=float(train.num_train_epochs),
         per_device_train_batch_size=int(train.per_device_train_batch_size),
@@ -147,7 +205,7 @@ def train_sft(model, tokenizer, method: DictConfig, model_cfg: DictConfig, train
     from trl import SFTTrainer
 
     history = LossHistory(Path(log_dir or output_dir) / "loss.jsonl")
-    callbacks: list[TrainerCallback] = [history]
+    callbacks: list[TrainerCallback] = [history, CheckpointOnRequest()]
     if reporter is not None and eval_rows:
         callbacks.append(PruningCallback(reporter))
     args = sft_config(method, model_cfg, output_dir, seed, has_eval=bool(eval_rows))
@@ -163,6 +221,8 @@ def train_sft(model, tokenizer, method: DictConfig, model_cfg: DictConfig, train
     resumed = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
     if checkpoint:
         log.info("resuming from %s", checkpoint)
+    if args.world_size > 1:
+        log.info("data-parallel training on %d processes", args.world_size)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start

@@ -9,6 +9,7 @@ error's class and message. The adapter (or full model) is saved under `model/`.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
@@ -41,14 +42,54 @@ def new_record(cfg: DictConfig, trial_dir: Path) -> TrialRecord:
         number=int(trial.number),
         status=FAILED,
         method="base" if trial.get("baseline") else str(cfg.method.name),
-        params=OmegaConf.to_container(trial.get("params") or {}, resolve=True),
+        params=_plain(trial.get("params")),
         seed=int(cfg.seed),
         log_path=str(trial_dir / LOG_FILE),
         config_path=str(trial_dir / CONFIG_FILE),
         versions=package_versions(),
         git_commit=trial.get("git_commit"),
-        job=OmegaConf.to_container(trial.get("job") or {}, resolve=True),
+        job=_job_info(trial),
     )
+
+
+def _job_info(trial: DictConfig) -> dict:
+    """`trial.job` plus what the launcher's job wrapper put in $HARNESS_JOB (JSON): job id,
+    node and log paths of a SLURM job (harness.slurm)."""
+    info = _plain(trial.get("job"))
+    info.update(json.loads(os.environ.get("HARNESS_JOB") or "{}"))
+    return info
+
+
+def _plain(node) -> dict:
+    """A config mapping (possibly empty or missing) as a plain dict."""
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) \
+        else dict(node or {})
+
+
+def _rank() -> int:
+    """This process's rank in a data-parallel (torchrun) trial; 0 when not distributed."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _leave_data_parallel() -> bool:
+    """After data-parallel training: True for ranks > 0 (done); rank 0 leaves the process
+    group and goes on as a single process (evaluation and later stages are not distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return _rank() != 0
+    rank = dist.get_rank()
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank != 0:
+        return True
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    for name in ("LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                 "GROUP_WORLD_SIZE", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        os.environ.pop(name, None)
+    return False
 
 
 def run_trial(trial_dir: str | Path) -> TrialRecord:
@@ -73,7 +114,8 @@ def run_trial(trial_dir: str | Path) -> TrialRecord:
             traceback.print_exc()
     record.wall_seconds = time.perf_counter() - start
     _record_memory(record)
-    write_record(record, trial_dir)
+    if _rank() == 0:   # data-parallel: rank 0 writes the record
+        write_record(record, trial_dir)
     return record
 
 
@@ -87,8 +129,9 @@ def _setup_process(cfg: DictConfig) -> None:
     from transformers import set_seed
 
     threads = cfg.trial.get("threads")
-    if threads:
-        torch.set_num_threads(int(threads))
+    if threads:   # shared by the ranks of a data-parallel trial
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        torch.set_num_threads(max(1, int(threads) // local_ranks))
     set_seed(int(cfg.seed))
 
 
@@ -102,14 +145,19 @@ def _evaluate_base(cfg: DictConfig, record: TrialRecord) -> None:
     result = run_battery(model, tokenizer, cfg)
     record.metrics, record.samples = result.metrics, result.samples
     record.eval_seconds = result.seconds
+    record.extra.update(result.extra)
 
 
 def _train_and_evaluate(cfg: DictConfig, trial_dir: Path, record: TrialRecord) -> None:
     from harness import data
     from harness.battery import run_battery
     from harness.modeling import count_parameters, load_trial_model
+    from harness.stages import CHAINED_KINDS, add_preference_metrics, run_chained_trial
     from harness.train import train_sft
 
+    if cfg.method.get("kind", "sft") in CHAINED_KINDS:   # dpo / ppo / grpo (harness.stages)
+        run_chained_trial(cfg, trial_dir, record)
+        return
     model, tokenizer = load_trial_model(cfg.model, cfg.method)
     record.trainable_params, record.total_params = count_parameters(model)
     train_rows = data.sft_rows(cfg.data.train, cfg.data.get("max_train_samples"))
@@ -121,12 +169,16 @@ def _train_and_evaluate(cfg: DictConfig, trial_dir: Path, record: TrialRecord) -
     record.train_seconds, record.loss_history = result.seconds, result.loss_history
     record.extra["train_steps"] = result.steps
     record.extra["resumed_from_step"] = result.resumed_from_step
+    if _leave_data_parallel():   # data-parallel: rank 0 goes on alone to save and evaluate
+        return
     model.save_pretrained(trial_dir / "model")
     tokenizer.save_pretrained(trial_dir / "model")
     record.output_dir = str(trial_dir / "model")
     battery = run_battery(model, tokenizer, cfg)
     record.metrics, record.samples = battery.metrics, battery.samples
     record.eval_seconds = battery.seconds
+    record.extra.update(battery.extra)
+    add_preference_metrics(cfg, model, tokenizer, record)
 
 
 def _reporter(cfg: DictConfig):

@@ -42,8 +42,7 @@ def test_alpha_ratio_sets_alpha():
 
 def test_trial_config_applies_suggested_values():
     sweep = prepare([])
-    cfg = trial_config(sweep, {"method": "qlora", "method.lora.rank": 4,
-                               "method.train.learning_rate": 1e-3})
+    cfg = trial_config(sweep, {"method": "qlora", "rank": 4, "lr": 1e-3})
     assert cfg.method.name == "qlora" and cfg.method.lora.rank == 4
     assert cfg.method.train.learning_rate == pytest.approx(1e-3)
     assert cfg.paths.sweeps.startswith("/")
@@ -51,8 +50,8 @@ def test_trial_config_applies_suggested_values():
 
 def test_cli_fixed_value_leaves_the_search_space():
     sweep = prepare(["method.lora.rank=32"])
-    assert "method.lora.rank" not in [p.name for p in sweep.space]
-    assert sweep.fixed == ["method.lora.rank"]
+    assert "rank" not in [p.name for p in sweep.space]
+    assert sweep.fixed == ["rank"]
 
 
 def test_probe_points_cover_every_choice():
@@ -71,6 +70,8 @@ def test_probe_points_cover_every_choice():
     (["model=local", "model.path=/does/not/exist"], "model.path"),
     (["sweep.n_trials=0"], "sweep.n_trials"),
     (["eval.perplexity.stride=999"], "eval.perplexity.stride"),
+    (["sweep.params.lr.low=-1"], "sweep.params.lr"),
+    (["method.lora.rank=="], "method.lora.rank"),
 ])
 def test_bad_config_is_one_line_naming_the_field(overrides, needle):
     with pytest.raises(ConfigError) as info:

@@ -51,8 +51,12 @@ VERSIONS = {"harness": "0.1.0", "torch": "2.13.0", "transformers": "5.1.0", "opt
 # -- a synthetic sweep -----------------------------------------------------------------------
 def make_sweep(root: Path, n_trials: int = 8, *, statuses: dict[int, str] | None = None,
                objectives: tuple = (("perplexity", "minimize"),), history: int = 30,
-               no_result: tuple[int, ...] = (), seed: int = 0, storage: str = "sqlite") -> Path:
-    """A sweep folder like harness.sweep writes; trials not in `statuses` are COMPLETE."""
+               no_result: tuple[int, ...] = (), seed: int = 0, storage: str = "sqlite",
+               extra_metrics: int = 0) -> Path:
+    """A sweep folder like harness.sweep writes; trials not in `statuses` are COMPLETE.
+
+    extra_metrics adds that many lm-eval style tasks (`lm_eval/task<i>/acc` and `..._stderr`).
+    """
     name = "synthetic"
     sweep_dir = root / "sweeps" / name
     (sweep_dir / "trials").mkdir(parents=True)
@@ -73,6 +77,8 @@ def make_sweep(root: Path, n_trials: int = 8, *, statuses: dict[int, str] | None
             continue
         status = (statuses or {}).get(trial.number, COMPLETE)
         record = _record(trial.number, status, values, trial_dir, rng, history)
+        if status == COMPLETE:
+            record.metrics.update(_extra_metrics(extra_metrics, rng))
         write_record(record, trial_dir)
         _tell(study, trial.number, record, objectives)
     return sweep_dir
@@ -147,6 +153,14 @@ def _record(number: int, status: str, values: dict, trial_dir: Path, rng: random
         record.error = TrialError("TrialPruned", "pruned at step 50 (eval_loss 2.9000)",
                                   str(trial_dir / "trial.log"))
     return record
+
+
+def _extra_metrics(n: int, rng: random.Random) -> dict:
+    out = {}
+    for i in range(n):
+        out[f"lm_eval/task{i}/acc"] = rng.uniform(0.2, 0.6)
+        out[f"lm_eval/task{i}/acc_stderr"] = rng.uniform(0.01, 0.03)
+    return out
 
 
 def _loss_history(n: int, quality: float) -> list[dict]:

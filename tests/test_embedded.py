@@ -1,0 +1,132 @@
+"""Tests for the embedded default model and data (`harness.embedded`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness import embedded as E
+
+DATA_FILES = {
+    "sft_train": E.N_SFT_TRAIN,
+    "sft_eval": E.N_SFT_EVAL,
+    "perplexity": E.N_PERPLEXITY,
+    "summarize_test": E.N_SUMMARIZE_TEST,
+    "preference_train": E.N_PREF_TRAIN,
+    "preference_test": E.N_PREF_TEST,
+}
+
+
+def _rows(root: Path, name: str) -> list[dict[str, Any]]:
+    lines = (root / "data" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _data_hashes(root: Path) -> dict[str, str]:
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((root / "data").glob("*.jsonl"))
+    }
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One complete build, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("embedded") / f"embedded-v{E.EMBEDDED_VERSION}"
+    assert E.build_embedded(root, seed=0, progress=False) == root.absolute()
+    return root
+
+
+def test_files_present_and_parse(built: Path) -> None:
+    info = json.loads((built / E.BUILD_INFO).read_text())
+    assert info["version"] == E.EMBEDDED_VERSION and info["seed"] == 0
+    assert 500_000 < info["num_parameters"] < 3_000_000
+    assert info["pretrain_final_loss"] < 3.0
+    for rel in info["files"]:
+        assert (built / rel).is_file(), rel
+    for name, n in DATA_FILES.items():
+        rows = _rows(built, name)
+        assert len(rows) == n, name
+    for row in _rows(built, "sft_train"):
+        assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+        assert all(m["content"].strip() for m in row["messages"])
+    for row in _rows(built, "summarize_test"):
+        assert row["prompt"].endswith(row["document"]) and row["summary"]
+    for row in _rows(built, "preference_train") + _rows(built, "preference_test"):
+        assert set(row) == {"prompt", "chosen", "rejected"}
+        assert row["chosen"] != row["rejected"]
+    assert all(row["text"].strip() for row in _rows(built, "perplexity"))
+
+
+def test_summarization_is_trained(built: Path) -> None:
+    users = [r["messages"][0]["content"] for r in _rows(built, "sft_train")]
+    assert sum(u.startswith(E.SUMMARIZE_INSTRUCTION) for u in users) > 100
+
+
+def test_model_and_tokenizer_load(built: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(built / "model")
+    model = AutoModelForCausalLM.from_pretrained(built / "model")
+    assert model.config.model_type == "llama"
+    assert tok.pad_token is not None and tok.pad_token_id != tok.eos_token_id
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    ids = tok("The capital of", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > ids.shape[1]
+
+
+def test_chat_template_and_generation_mask(built: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(built / "model")
+    user = [{"role": "user", "content": "Reverse this list: lamp, coin, door"}]
+    prompt = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=False)
+    assert prompt.startswith(tok.bos_token) and prompt.endswith("<|assistant|>\n")
+    assert not tok.apply_chat_template(user, tokenize=False).endswith("<|assistant|>\n")
+
+    answer = "door, coin, lamp"
+    conv = [*user, {"role": "assistant", "content": answer}]
+    out = tok.apply_chat_template(
+        conv, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    masked = [i for i, m in zip(out["input_ids"], out["assistant_masks"], strict=True) if m]
+    assert tok.decode(masked) == answer + tok.eos_token
+    prompt_ids = tok.apply_chat_template(user, add_generation_prompt=True, tokenize=True)
+    if isinstance(prompt_ids, dict) or hasattr(prompt_ids, "keys"):
+        prompt_ids = prompt_ids["input_ids"]
+    assert out["input_ids"][: len(prompt_ids)] == list(prompt_ids)
+
+
+def test_held_out_documents_not_in_training(built: Path) -> None:
+    train_users = "\n".join(r["messages"][0]["content"] for r in _rows(built, "sft_train"))
+    train_answers = {r["messages"][1]["content"] for r in _rows(built, "sft_train")}
+    for row in _rows(built, "summarize_test"):
+        assert row["document"] not in train_users
+        assert row["summary"] not in train_answers
+    for row in _rows(built, "perplexity"):
+        assert row["text"] not in train_users and row["text"] not in train_answers
+
+
+def test_second_call_is_a_noop(built: Path) -> None:
+    marker = built / E.BUILD_INFO
+    before = marker.stat().st_mtime_ns
+    start = time.perf_counter()
+    E.build_embedded(built, seed=0, progress=False)
+    assert time.perf_counter() - start < 1.0
+    assert marker.stat().st_mtime_ns == before
+
+
+def test_same_seed_is_deterministic(built: Path, tmp_path: Path) -> None:
+    again = E.build_embedded(tmp_path / "again", seed=0, progress=False)
+    assert _data_hashes(again) == _data_hashes(built)
+    assert E.weights_hash(again / "model") == E.weights_hash(built / "model")
+    tok_a = (again / "model" / "tokenizer.json").read_bytes()
+    assert tok_a == (built / "model" / "tokenizer.json").read_bytes()
