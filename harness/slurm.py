@@ -506,21 +506,34 @@ class TrialTask(submitit.helpers.Checkpointable):
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         info = job_info()
         os.environ["HARNESS_JOB"] = json.dumps(info)   # harness.trial copies it to record.job
-        _link_log(Path(trial_dir), Path(info["stdout"]))
+        first_task = submitit.JobEnvironment().global_rank == 0
+        if first_task:
+            _link_log(Path(trial_dir), Path(info["stdout"]))
         log.info("trial %s in SLURM job %s on %s (restart %s)", trial_dir, info["job_id"],
                  info["node"], info["restart_count"])
         if (Path(trial_dir) / RESULT_FILE).exists():   # requeued after it had finished
             log.info("trial %s already has its result: not running it again", trial_dir)
             return "done"
         PreemptionHandler(self.max_requeues).install()
-        baseline = bool(OmegaConf.load(Path(trial_dir) / CONFIG_FILE).trial.get("baseline"))
-        if baseline and submitit.JobEnvironment().global_rank != 0:
-            return "done"   # the base model is evaluated once, by the job's first task
-        if self.nproc * self.nodes > 1 and not baseline:
+        data_parallel = self._data_parallel(OmegaConf.load(Path(trial_dir) / CONFIG_FILE))
+        if data_parallel:
             return self._torchrun(trial_dir)
+        if not first_task:
+            return "done"   # one process runs it: the job's first task
         from harness.trial import run_trial
 
         return run_trial(trial_dir).status
+
+    def _data_parallel(self, cfg: DictConfig) -> bool:
+        """Several processes for this trial: SFT training only (not the base model's eval,
+        nor the chained dpo/ppo/grpo stages, which run as one process)."""
+        if self.nproc * self.nodes == 1 or cfg.trial.get("baseline"):
+            return False
+        kind = cfg.method.get("kind", "sft")
+        if kind != "sft":
+            log.warning("data-parallel runs SFT trials only: method kind %s runs as one process",
+                        kind)
+        return kind == "sft"
 
     def _torchrun(self, trial_dir: str) -> str:
         env = os.environ

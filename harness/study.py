@@ -41,7 +41,7 @@ def make_sampler(sampler: DictConfig, space: list[Param], n_objectives: int):
     if n_objectives > 1 and name == "cmaes":
         raise ConfigError("sweep.sampler.name=cmaes cannot optimize several objectives")
     if name == "grid":
-        return optuna.samplers.GridSampler(grid(space), seed=seed)
+        return AskTellGridSampler(grid(space), seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
@@ -51,6 +51,18 @@ def make_sampler(sampler: DictConfig, space: list[Param], n_objectives: int):
                                              population_size=sampler.get("population_size", 50))
     return optuna.samplers.TPESampler(seed=seed,
                                       n_startup_trials=sampler.get("n_startup_trials", 10))
+
+
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler for ask/tell loops.
+
+    Optuna's GridSampler calls `study.stop()` once the grid is used up, which raises outside
+    `study.optimize` and would abort `study.tell` before the trial's state is stored. The
+    driver caps the trial count at the grid size itself, so the stop is not needed.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:  # noqa: D102
+        return None
 
 
 def make_pruner(pruner: DictConfig) -> optuna.pruners.BasePruner:

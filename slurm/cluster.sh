@@ -20,7 +20,7 @@
 # Environment:
 #   SLURM_LOCAL_DIR   state/spool/log/pid folder (default /var/tmp/slurm-local)
 #   SLURM_ACCOUNTING  1 (default) slurmdbd + MariaDB; 0 minimal (no sacct: not for the harness)
-set -euo pipefail
+set -Eeuo pipefail   # -E: the ERR trap below also fires inside functions
 D=${SLURM_LOCAL_DIR:-/var/tmp/slurm-local}
 ACCT=${SLURM_ACCOUNTING:-1}
 H=$(hostname -s)                      # NodeName and SlurmctldHost must equal `hostname -s`

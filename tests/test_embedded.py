@@ -105,14 +105,28 @@ def test_chat_template_and_generation_mask(built: Path) -> None:
     assert out["input_ids"][: len(prompt_ids)] == list(prompt_ids)
 
 
+def test_perplexity_texts_are_rendered_conversations(built: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(built / "model")
+    row = _rows(built, "sft_eval")[0]
+    rendered = tok.apply_chat_template(row["messages"], tokenize=False)
+    assert rendered == E.render_chat(row["messages"])
+    for row in _rows(built, "perplexity"):
+        assert row["text"].startswith(tok.bos_token + "<|user|>\n")
+        assert "<|assistant|>\n" in row["text"]
+
+
 def test_held_out_documents_not_in_training(built: Path) -> None:
-    train_users = "\n".join(r["messages"][0]["content"] for r in _rows(built, "sft_train"))
-    train_answers = {r["messages"][1]["content"] for r in _rows(built, "sft_train")}
+    train = _rows(built, "sft_train")
+    train_users = "\n".join(r["messages"][0]["content"] for r in train)
+    train_answers = {r["messages"][1]["content"] for r in train}
     for row in _rows(built, "summarize_test"):
         assert row["document"] not in train_users
         assert row["summary"] not in train_answers
     for row in _rows(built, "perplexity"):
-        assert row["text"] not in train_users and row["text"] not in train_answers
+        user = row["text"].split("<|user|>\n", 1)[1].split(E.EOS, 1)[0]
+        assert user not in train_users
 
 
 def test_second_call_is_a_noop(built: Path) -> None:

@@ -117,6 +117,17 @@ def test_failure_reasons_name_state_job_and_log(tmp_path):
     assert job.done() and cancelled and "can never start" in job.failure_reason()
 
 
+def test_remote_traceback_is_the_failure_reason(tmp_path):
+    from submitit.core.utils import cloudpickle_dump
+
+    queue = slurm.SlurmQueue(max_age_s=3600)
+    job = slurm.SlurmTrialJob(tmp_path, "41", tmp_path, queue, timeout_min=5)
+    trace = "Traceback (most recent call last):\n  File x\nValueError: boom\n"
+    cloudpickle_dump(("error", trace), job.paths.result_pickle)
+    assert job.done()
+    assert job.failure_reason().startswith("ValueError: boom (job 41, log ")
+
+
 def test_sbatch_error_keeps_one_line():
     text = ("sbatch: error: invalid partition specified: nope\n"
             "sbatch: error: Batch job submission failed: Invalid partition name specified\n")
@@ -324,6 +335,19 @@ def test_submit_error_is_raised_not_waited_on(cluster, tmp_path):
     (tmp_path / "t").mkdir()
     with pytest.raises(slurm.SubmitError, match="More processors requested than permitted"):
         launcher.submit(tmp_path / "t")
+
+
+@pytest.mark.slurm
+def test_job_that_raises_returns_its_traceback(cluster, tmp_path):
+    """A job whose function raises (here: no config.yaml) is done, with the remote error."""
+    cfg = compose_config([*FAST, "sweep.name=ci_raise", f"paths.sweeps={tmp_path}"])
+    launcher = slurm.SlurmLauncher(cfg)
+    (tmp_path / "empty").mkdir()
+    job = launcher.submit(tmp_path / "empty")
+    wait_until(job.done, 180, "the job to fail")
+    reason = job.failure_reason()
+    assert reason.startswith("FileNotFoundError") and "config.yaml" in reason, reason
+    assert f"job {job.job_id}" in reason
 
 
 @pytest.mark.slurm
