@@ -124,8 +124,7 @@ REASONS = (
 )
 PROJECT_KINDS = ("bridge", "school", "railway", "harbor", "library", "tunnel", "park", "hospital")
 EXPORTS = (
-    "salt wool copper tea rice timber glass silk coffee marble honey paper cotton tin "
-    "amber pepper"
+    "salt wool copper tea rice timber glass silk coffee marble honey paper cotton tin amber pepper"
 ).split()
 FILLERS = (
     "The budget is {n} thousand credits.",
@@ -173,7 +172,9 @@ def _pseudo_word(rng: random.Random, syllables: int) -> str:
     return ("".join(parts) + rng.choice(CODAS)).capitalize()
 
 
-def _unique_words(rng: random.Random, n: int, taken: set[str], syllables: tuple[int, ...]) -> list[str]:
+def _unique_words(
+    rng: random.Random, n: int, taken: set[str], syllables: tuple[int, ...]
+) -> list[str]:
     """Draw `n` distinct invented words not in `taken` (and add them to it)."""
     out: list[str] = []
     while len(out) < n:
@@ -251,7 +252,9 @@ def make_report(rng: random.Random, lex: Lexicon) -> Report:
     body = [status, *fillers]
     rng.shuffle(body)
     document = " ".join([lead, *body])
-    summary = "The {project} {kind} project in {city}, led by {owner}, is {status} because of {reason}."
+    summary = (
+        "The {project} {kind} project in {city}, led by {owner}, is {status} because of {reason}."
+    )
     return Report(document=document, summary=summary.format(**f), fields=f)
 
 
@@ -290,14 +293,17 @@ def story_text(rng: random.Random, lex: Lexicon) -> str:
     """A short generic story of 2-5 sentences about invented people and places."""
     name = rng.choice(lex.first_names)
     sentences = [
-        f"{name} walked to the {rng.choice(PLACES)} in {rng.choice(lex.cities)} on {rng.choice(WEEKDAYS)}."
+        f"{name} walked to the {rng.choice(PLACES)} in {rng.choice(lex.cities)} "
+        f"on {rng.choice(WEEKDAYS)}."
     ]
     for _ in range(rng.randint(1, 4)):
         sentences.append(
             rng.choice(
                 [
-                    f"{name} {rng.choice(VERBS_PAST)} a {rng.choice(ADJECTIVES)} {rng.choice(NOUNS)}.",
-                    f"The {rng.choice(NOUNS)} was {rng.choice(ADJECTIVES)} and {rng.choice(ADJECTIVES)}.",
+                    f"{name} {rng.choice(VERBS_PAST)} a {rng.choice(ADJECTIVES)} "
+                    f"{rng.choice(NOUNS)}.",
+                    f"The {rng.choice(NOUNS)} was {rng.choice(ADJECTIVES)} and "
+                    f"{rng.choice(ADJECTIVES)}.",
                     f"Later, {name} met {_person(rng, lex)} near the {rng.choice(NOUNS)}.",
                     f"In {rng.choice(MONTHS)} the {rng.choice(PLACES)} {rng.choice(VERBS_PAST)} "
                     f"{rng.randint(2, 40)} {rng.choice(NOUNS)}s.",
@@ -326,7 +332,9 @@ def list_text(rng: random.Random) -> str:
 
 
 def _chat(user: str, assistant: str) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+    return {
+        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    }
 
 
 SUMMARIZE_PHRASINGS = (
@@ -369,7 +377,9 @@ def wrong_answer(rng: random.Random, row: dict[str, Any], kb: list[dict[str, str
     user, answer = row["messages"][0]["content"], row["messages"][1]["content"]
     if user.splitlines()[0] in SUMMARIZE_PHRASINGS:
         cut = answer.split(", led by")[0]
-        return cut + "." if rng.random() < 0.5 else answer.replace(cut.split(" project in ")[0], "The")
+        return (
+            cut + "." if rng.random() < 0.5 else answer.replace(cut.split(" project in ")[0], "The")
+        )
     if ", " in answer and "." not in answer:  # list task: shuffle into a wrong order
         items = answer.split(", ")
         while ", ".join(items) == answer:
@@ -413,7 +423,9 @@ def _chat_rows(
 ) -> list[dict[str, Any]]:
     """Mix summarization (half), fact lookup (quarter) and list rows (quarter)."""
     rows = [summarize_example(rng, r) for r in reports[: n // 2]]
-    rows += [fact_example(rng, rec, attr) for rec, attr in (rng.choice(facts) for _ in range(n // 4))]
+    rows += [
+        fact_example(rng, rec, attr) for rec, attr in (rng.choice(facts) for _ in range(n // 4))
+    ]
     rows += [list_example(rng) for _ in range(n - len(rows))]
     rng.shuffle(rows)
     return rows
@@ -457,7 +469,9 @@ def make_corpus(seed: int) -> Corpus:
     pref_train = _preference_rows(
         rng, _chat_rows(rng, train_reports[-N_PREF_TRAIN:], train_facts, N_PREF_TRAIN), kb
     )
-    pref_test = _preference_rows(rng, _chat_rows(rng, pref_test_reports, held_facts, N_PREF_TEST), kb)
+    pref_test = _preference_rows(
+        rng, _chat_rows(rng, pref_test_reports, held_facts, N_PREF_TEST), kb
+    )
 
     held_out = {r.summary for r in test_reports + pref_test_reports}
     pretrain = _pretrain_texts(rng, lex, kb, held_out, n_reports=6000, n_stories=2500, n_lists=1500)
@@ -596,7 +610,9 @@ def pretrain(model: Any, blocks: Any, *, seed: int, progress: bool) -> float:
     from tqdm.auto import tqdm
 
     gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.01, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=PRETRAIN_LR, weight_decay=0.01, betas=(0.9, 0.95)
+    )
 
     def lr_at(step: int) -> float:
         if step < PRETRAIN_WARMUP:

@@ -20,7 +20,12 @@ pytestmark = pytest.mark.slow
 
 # Small trials: enough steps to move the metrics, small evaluation sets.
 FAST = ["method.train.max_steps=30", "method.train.eval_steps=15", "method.train.logging_steps=5",
-        "eval.rouge.max_samples=8", "eval.perplexity.max_texts=24", "launcher.parallel=1"]
+        "eval.rouge.max_samples=8", "eval.perplexity.max_texts=24", "launcher.parallel=1",
+        "eval.lm_eval.limit=8", "eval.mt_bench.limit=2", "data.preference.metrics.max_pairs=16",
+        "data.preference.metrics.max_prompts=8"]
+# The failure and resume tests check the driver, not the metrics: the cheap battery only.
+DRIVER_ONLY = [*FAST, "eval.lm_eval.enabled=false", "eval.mt_bench.enabled=false",
+               "data.preference.metrics.enabled=false"]
 
 
 def _study(root: Path, name: str) -> optuna.Study:
@@ -45,6 +50,8 @@ def test_default_sweep_end_to_end(tmp_path):
         assert record.train_seconds > 0 and record.peak_rss_mb > 0
         assert 0 < record.trainable_params < record.total_params
         assert record.versions["torch"] and record.loss_history
+        assert "lm_eval/embedded_facts_mc/acc" in record.metrics
+        assert "mt_bench/score" in record.metrics and "pref_accuracy" in record.metrics
         cfg = Path(record.config_path).read_text()
         assert f"number: {record.number}" in cfg and "learning_rate" in cfg
         assert (Path(record.output_dir) / "adapter_config.json").exists()
@@ -57,7 +64,7 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     space = "+sweep.params.targets={type:categorical,key:method.lora.target_modules," \
             "choices:[all-linear,no_such_module]}"
     result = run_cli(["sweep=qlora_rank", "sweep.name=failing", space, "method.lora.rank=4",
-                      *FAST], cwd=tmp_path)
+                      *DRIVER_ONLY], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     records = {r.params["targets"]: r for r in _records(tmp_path, "failing")}
     assert records["all-linear"].status == "COMPLETE"
@@ -70,7 +77,7 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_sigkill_then_rerun_resumes_without_rerunning(tmp_path):
-    args = ["sweep.name=resume", "sweep.n_trials=3", *FAST]
+    args = ["sweep.name=resume", "sweep.n_trials=3", *DRIVER_ONLY]
     env = {**os.environ, "HARNESS_CACHE": str(REPO / ".cache" / "harness")}
     driver = subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=tmp_path, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
