@@ -283,8 +283,7 @@ class Driver:
                                           "not in the trial's metrics", record.log_path)
         write_record(record, trial_dir)
         if record.error is not None:
-            self.study.set_trial_user_attr(self._trial_id(number), "error",
-                                           f"{record.error.type}: {record.error.message}")
+            self.set_trial_attr(number, "error", f"{record.error.type}: {record.error.message}")
         if record.status == COMPLETE:
             values = [float(record.metrics[m]) for m, _ in self.sweep.objectives]
             self.study.tell(number, values)
@@ -294,8 +293,11 @@ class Driver:
         log.info("trial %d %s", number, record.status if record.status != FAILED
                  else f"FAILED: {record.error.type}: {record.error.message}")
 
-    def _trial_id(self, number: int) -> int:
-        return self.study.get_trials(deepcopy=False)[number]._trial_id
+    def set_trial_attr(self, number: int, key: str, value) -> None:
+        """A user attribute on a trial that is not the one in hand (Optuna's storage API)."""
+        trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(
+            self.study._study_id, number)
+        self.study._storage.set_trial_user_attr(trial_id, key, value)
 
     # -- resume -----------------------------------------------------------------------------
     def recover(self) -> None:
@@ -314,7 +316,7 @@ class Driver:
                 continue
             log.warning("trial %d was left running by a dead driver: retrying its parameters",
                         trial.number)
-            self.study.set_trial_user_attr(trial._trial_id, STALE_ATTR, True)
+            self.set_trial_attr(trial.number, STALE_ATTR, True)
             self.study.tell(trial.number, state=TrialState.FAIL)
             self.study.enqueue_trial(trial.params)
 
