@@ -81,7 +81,10 @@ PRETRAIN_LR = 3e-3
 PRETRAIN_WARMUP = 15
 TORCH_THREADS = 2
 PRETRAIN_FACT_REPEATS = 20
-PRETRAIN_SUMMARY_FRACTION = 0.6
+PRETRAIN_SUMMARY_FRACTION = 0.8
+PRETRAIN_REPORTS = 6000
+PRETRAIN_STORIES = 2500
+PRETRAIN_LISTS = 1500
 
 # ---------------------------------------------------------------------------------------------
 # Word lists
@@ -193,7 +196,7 @@ def make_lexicon(seed: int) -> Lexicon:
     return Lexicon(
         first_names=_unique_words(rng, 60, taken, (2,)),
         last_names=_unique_words(rng, 60, taken, (2, 3)),
-        cities=_unique_words(rng, 50, taken, (2, 3)),
+        cities=_unique_words(rng, 12, taken, (2, 3)),
         projects=_unique_words(rng, 50, taken, (2,)),
         countries=countries,
         capitals=_unique_words(rng, len(countries), taken, (2, 3)),
@@ -247,14 +250,12 @@ def make_report(rng: random.Random, lex: Lexicon) -> Report:
             hour=rng.randint(6, 10),
             noun=rng.choice(NOUNS),
         )
-        for t in rng.sample(FILLERS, rng.randint(1, 4))
+        for t in rng.sample(FILLERS, rng.randint(1, 3))
     ]
     body = [status, *fillers]
     rng.shuffle(body)
     document = " ".join([lead, *body])
-    summary = (
-        "The {project} {kind} project in {city}, led by {owner}, is {status} because of {reason}."
-    )
+    summary = "The {kind} project in {city} is {status} because of {reason}."
     return Report(document=document, summary=summary.format(**f), fields=f)
 
 
@@ -327,14 +328,31 @@ def list_text(rng: random.Random) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Chat tasks
+# Chat tasks: each family yields (user message, correct answer, wrong or incomplete answer)
 # ---------------------------------------------------------------------------------------------
 
 
-def _chat(user: str, assistant: str) -> dict[str, Any]:
-    return {
-        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-    }
+@dataclass
+class Example:
+    """One instruction: the user message, the correct answer and a rejected answer."""
+
+    user: str
+    answer: str
+    rejected: str
+    family: str
+
+    def chat(self) -> dict[str, Any]:
+        """The SFT row: a user turn and the correct assistant turn."""
+        return {
+            "messages": [
+                {"role": "user", "content": self.user},
+                {"role": "assistant", "content": self.answer},
+            ]
+        }
+
+    def preference(self) -> dict[str, str]:
+        """The preference row: prompt, chosen and rejected strings."""
+        return {"prompt": self.user, "chosen": self.answer, "rejected": self.rejected}
 
 
 SUMMARIZE_PHRASINGS = (
@@ -342,6 +360,8 @@ SUMMARIZE_PHRASINGS = (
     "Write a one-sentence summary of this report.",
     "Give a short summary of the report below.",
 )
+REVERSE_PHRASINGS = ("Reverse this list: ", "Write these words in reverse order: ")
+SORT_PHRASINGS = ("Sort these words alphabetically: ", "Put these words in A-Z order: ")
 
 
 def summarize_prompt(document: str, instruction: str = SUMMARIZE_INSTRUCTION) -> str:
@@ -349,49 +369,46 @@ def summarize_prompt(document: str, instruction: str = SUMMARIZE_INSTRUCTION) ->
     return f"{instruction}\n\n{document}"
 
 
-def summarize_example(rng: random.Random, report: Report) -> dict[str, Any]:
-    """Summarization chat row (random phrasing)."""
-    return _chat(summarize_prompt(report.document, rng.choice(SUMMARIZE_PHRASINGS)), report.summary)
+def summarize_example(rng: random.Random, report: Report) -> Example:
+    """Summarize a report; rejected = a truncated summary or one with a wrong status."""
+    f = report.fields
+    if rng.random() < 0.5:
+        rejected = "The {kind} project in {city} is {status}.".format(**f)
+    else:
+        wrong = rng.choice([s for s in STATUSES if s != f["status"]])
+        rejected = report.summary.replace(f" is {f['status']} ", f" is {wrong} ")
+    user = summarize_prompt(report.document, rng.choice(SUMMARIZE_PHRASINGS))
+    return Example(user, report.summary, rejected, "summarize")
 
 
-def fact_example(rng: random.Random, record: dict[str, str], attribute: str) -> dict[str, Any]:
-    """Fact-lookup chat row about one attribute of one country."""
+def fact_example(
+    rng: random.Random, record: dict[str, str], attribute: str, kb: list[dict[str, str]]
+) -> Example:
+    """Ask for one attribute of one country; rejected = another country's value."""
     questions, answer = FACT_QUESTIONS[attribute]
-    return _chat(rng.choice(questions).format(**record), answer.format(**record))
+    wrong = rng.choice(sorted({r[attribute] for r in kb} - {record[attribute]}))
+    return Example(
+        rng.choice(questions).format(**record),
+        answer.format(**record),
+        answer.format(**{**record, attribute: wrong}),
+        "fact",
+    )
 
 
-def list_example(rng: random.Random) -> dict[str, Any]:
-    """List reversal or alphabetical sorting of a few words."""
+def list_example(rng: random.Random) -> Example:
+    """Reverse or sort 3-5 words; rejected = a wrong order or a dropped word."""
     words = rng.sample(NOUNS, rng.randint(3, 5))
     if rng.random() < 0.5:
-        user = rng.choice(["Reverse this list: ", "Write these words in reverse order: "])
-        answer = list(reversed(words))
+        user, answer, family = rng.choice(REVERSE_PHRASINGS), list(reversed(words)), "reverse"
     else:
-        user = rng.choice(["Sort these words alphabetically: ", "Put these words in A-Z order: "])
-        answer = sorted(words)
-    return _chat(user + ", ".join(words), ", ".join(answer))
-
-
-def wrong_answer(rng: random.Random, row: dict[str, Any], kb: list[dict[str, str]]) -> str:
-    """A plausible but wrong or incomplete answer for a chat row (the rejected response)."""
-    user, answer = row["messages"][0]["content"], row["messages"][1]["content"]
-    if user.splitlines()[0] in SUMMARIZE_PHRASINGS:
-        cut = answer.split(", led by")[0]
-        return (
-            cut + "." if rng.random() < 0.5 else answer.replace(cut.split(" project in ")[0], "The")
-        )
-    if ", " in answer and "." not in answer:  # list task: shuffle into a wrong order
-        items = answer.split(", ")
-        while ", ".join(items) == answer:
-            rng.shuffle(items)
-        return ", ".join(items[: max(2, len(items) - rng.randint(0, 1))])
-    # fact task: swap in another country's value for the same attribute
-    for key in ("capital", "language", "export"):
-        for rec in kb:
-            if rec[key] in answer and rec["country"] in answer:
-                others = [r[key] for r in kb if r[key] != rec[key]]
-                return answer.replace(rec[key], rng.choice(others))
-    return answer[: len(answer) // 2]
+        user, answer, family = rng.choice(SORT_PHRASINGS), sorted(words), "sort"
+    wrong = list(answer)
+    if rng.random() < 0.5:
+        del wrong[rng.randrange(len(wrong))]
+    else:
+        while wrong == answer:
+            rng.shuffle(wrong)
+    return Example(user + ", ".join(words), ", ".join(answer), ", ".join(wrong), family)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -407,90 +424,71 @@ class Corpus:
     files: dict[str, list[dict[str, Any]]]
 
 
-def _unique_reports(rng: random.Random, lex: Lexicon, n: int, seen: set[str]) -> list[Report]:
-    """Draw `n` reports whose documents are not in `seen` (and add them)."""
-    out: list[Report] = []
-    while len(out) < n:
-        rep = make_report(rng, lex)
-        if rep.document not in seen:
-            seen.add(rep.document)
-            out.append(rep)
-    return out
+class _Sampler:
+    """Draws examples; reports and list tasks never repeat, fact splits are disjoint by fact."""
 
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(f"data-{seed}")
+        self.lex = make_lexicon(seed)
+        self.kb = make_knowledge_base(self.lex, seed)
+        self.seen: set[str] = set()
+        facts = [(rec, attr) for rec in self.kb for attr in FACT_QUESTIONS]
+        self.rng.shuffle(facts)
+        self.held_facts, self.train_facts = facts[:24], facts[24:]
 
-def _chat_rows(
-    rng: random.Random, reports: list[Report], facts: list[tuple[dict[str, str], str]], n: int
-) -> list[dict[str, Any]]:
-    """Mix summarization (half), fact lookup (quarter) and list rows (quarter)."""
-    rows = [summarize_example(rng, r) for r in reports[: n // 2]]
-    rows += [
-        fact_example(rng, rec, attr) for rec, attr in (rng.choice(facts) for _ in range(n // 4))
-    ]
-    rows += [list_example(rng) for _ in range(n - len(rows))]
-    rng.shuffle(rows)
-    return rows
+    def report(self) -> Report:
+        """A report whose document was not drawn before."""
+        while True:
+            rep = make_report(self.rng, self.lex)
+            if rep.document not in self.seen:
+                self.seen.add(rep.document)
+                return rep
 
+    def _fresh(self, make: Any) -> Example:
+        while True:
+            ex = make()
+            if ex.user not in self.seen:
+                self.seen.add(ex.user)
+                return ex
 
-def _preference_rows(
-    rng: random.Random, rows: list[dict[str, Any]], kb: list[dict[str, str]]
-) -> list[dict[str, str]]:
-    """Turn chat rows into prompt/chosen/rejected preference pairs."""
-    return [
-        {
-            "prompt": r["messages"][0]["content"],
-            "chosen": r["messages"][1]["content"],
-            "rejected": wrong_answer(rng, r, kb),
-        }
-        for r in rows
-    ]
+    def mix(self, n: int, facts: list[tuple[dict[str, str], str]]) -> list[Example]:
+        """Half summarization, a quarter fact lookup, a quarter list tasks, shuffled."""
+        rng = self.rng
+        out = [summarize_example(rng, self.report()) for _ in range(n // 2)]
+        out += [fact_example(rng, *rng.choice(facts), self.kb) for _ in range(n // 4)]
+        while len(out) < n:
+            out.append(self._fresh(lambda: list_example(rng)))
+        rng.shuffle(out)
+        return out
 
 
 def make_corpus(seed: int) -> Corpus:
-    """Generate the pre-training corpus and every data file for a seed."""
-    rng = random.Random(f"data-{seed}")
-    lex = make_lexicon(seed)
-    kb = make_knowledge_base(lex, seed)
-    facts = [(rec, attr) for rec in kb for attr in FACT_QUESTIONS]
-    rng.shuffle(facts)
-    held_facts, train_facts = facts[:24], facts[24:]
+    """Generate the pre-training corpus and every data file for a seed.
 
-    seen: set[str] = set()
-    test_reports = _unique_reports(rng, lex, N_SUMMARIZE_TEST + N_PERPLEXITY // 2, seen)
-    train_reports = _unique_reports(rng, lex, N_SFT_TRAIN // 2 + N_SFT_EVAL + N_PREF_TRAIN, seen)
-    pref_test_reports = _unique_reports(rng, lex, N_PREF_TEST, seen)
-
-    sft_train = _chat_rows(rng, train_reports[: N_SFT_TRAIN // 2], train_facts, N_SFT_TRAIN)
-    sft_eval = _chat_rows(rng, train_reports[N_SFT_TRAIN // 2 :], held_facts, N_SFT_EVAL)
-    perplexity_rows = _chat_rows(rng, test_reports[N_SUMMARIZE_TEST:], held_facts, N_PERPLEXITY)
+    Held-out files (summarize_test, perplexity, sft_eval, preference_test) use fact questions
+    that sft_train never asks, and no user message or report appears in two splits.
+    """
+    s = _Sampler(seed)
     summarize_test = [
         {"prompt": summarize_prompt(r.document), "document": r.document, "summary": r.summary}
-        for r in test_reports[:N_SUMMARIZE_TEST]
+        for r in (s.report() for _ in range(N_SUMMARIZE_TEST))
     ]
-    pref_train = _preference_rows(
-        rng, _chat_rows(rng, train_reports[-N_PREF_TRAIN:], train_facts, N_PREF_TRAIN), kb
-    )
-    pref_test = _preference_rows(
-        rng, _chat_rows(rng, pref_test_reports, held_facts, N_PREF_TEST), kb
-    )
-
-    held_out = {r.summary for r in test_reports + pref_test_reports}
-    pretrain = _pretrain_texts(rng, lex, kb, held_out, n_reports=6000, n_stories=2500, n_lists=1500)
+    perplexity = [render_chat(ex.chat()["messages"]) for ex in s.mix(N_PERPLEXITY, s.held_facts)]
+    sft_eval = s.mix(N_SFT_EVAL, s.held_facts)
+    pref_test = s.mix(N_PREF_TEST, s.held_facts)
+    sft_train = s.mix(N_SFT_TRAIN, s.train_facts)
+    pref_train = s.mix(N_PREF_TRAIN, s.train_facts)
     return Corpus(
-        pretrain=pretrain,
+        pretrain=_pretrain_texts(s),
         files={
-            "sft_train": sft_train,
-            "sft_eval": sft_eval,
-            "perplexity": [{"text": perplexity_text(r)} for r in perplexity_rows],
+            "sft_train": [ex.chat() for ex in sft_train],
+            "sft_eval": [ex.chat() for ex in sft_eval],
+            "perplexity": [{"text": text} for text in perplexity],
             "summarize_test": summarize_test,
-            "preference_train": pref_train,
-            "preference_test": pref_test,
+            "preference_train": [ex.preference() for ex in pref_train],
+            "preference_test": [ex.preference() for ex in pref_test],
         },
     )
-
-
-def perplexity_text(row: dict[str, Any]) -> str:
-    """Held-out text for perplexity: a held-out conversation rendered with the chat template."""
-    return render_chat(row["messages"])
 
 
 def render_chat(messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:
@@ -499,33 +497,25 @@ def render_chat(messages: list[dict[str, str]], add_generation_prompt: bool = Fa
     return text + ("<|assistant|>\n" if add_generation_prompt else "")
 
 
-def _pretrain_texts(
-    rng: random.Random,
-    lex: Lexicon,
-    kb: list[dict[str, str]],
-    held_out: set[str],
-    *,
-    n_reports: int,
-    n_stories: int,
-    n_lists: int,
-) -> list[str]:
-    """Generic documents: fresh reports (half with a summary line), facts, stories and lists.
+def _pretrain_texts(s: _Sampler) -> list[str]:
+    """Generic documents: fresh reports (most with a summary line), facts, stories and lists.
 
-    The summary lines, question/answer lines and list transformations give the base model latent
+    Summary lines, question/answer lines and list transformations give the base model latent
     skills that chat fine-tuning can elicit quickly; it never sees the chat format itself.
+    Reports already used by a data split are skipped.
     """
-    texts = []
-    for _ in range(n_reports):
-        rep = make_report(rng, lex)
-        if rep.summary in held_out:
+    rng, texts = s.rng, []
+    for _ in range(PRETRAIN_REPORTS):
+        rep = make_report(rng, s.lex)
+        if rep.document in s.seen:
             continue
         with_summary = rng.random() < PRETRAIN_SUMMARY_FRACTION
         texts.append(f"{rep.document}\nSummary: {rep.summary}" if with_summary else rep.document)
-    texts += [story_text(rng, lex) for _ in range(n_stories)]
-    texts += [list_text(rng) for _ in range(n_lists)]
+    texts += [story_text(rng, s.lex) for _ in range(PRETRAIN_STORIES)]
+    texts += [list_text(rng) for _ in range(PRETRAIN_LISTS)]
     for _ in range(PRETRAIN_FACT_REPEATS):
-        texts += fact_sentences(kb, rng)
-        texts += [fact_qa_text(rng, rec) for rec in kb]
+        texts += fact_sentences(s.kb, rng)
+        texts += [fact_qa_text(rng, rec) for rec in s.kb]
     rng.shuffle(texts)
     return texts
 
