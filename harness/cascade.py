@@ -18,6 +18,7 @@ sweep from saved models (judgments come from the cache: a re-run sends no reques
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -321,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
             print("scored:", top_k_pass(sweep_dir, cfg))
         return 0
     for folder in reevaluate(sweep_dir, args.stages):
-        print(folder, judge_counts(Path(folder)))
+        print(folder, json.dumps(judge_counts(Path(folder))))
     return 0
 
 
