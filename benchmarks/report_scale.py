@@ -1,10 +1,11 @@
 """Time harness.report.write_report on a synthetic 500-trial sweep (targets: < 10 s, < 10 MB).
 
     python benchmarks/report_scale.py [--trials 500] [--history 200] [--storage journal]
-                                      [--extra-metrics 10] [--keep DIR]
+                                      [--extra-metrics 10] [--replicated 3] [--keep DIR]
 
 Builds the sweep folder (a real Optuna study, sqlite by default, plus result.json records,
-some FAILED and PRUNED, one without a record) in a temporary folder (under /dev/shm when there
+some FAILED and PRUNED, one without a record, lm-eval and MT-Bench metrics, and the best
+configurations replicated with 3 more seeds) in a temporary folder (under /dev/shm when there
 is one: sqlite's per-trial commits are slow on some disks), then times loading, the report
 and the exports, wall clock and CPU. Prints the figures; asserts nothing.
 """
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.records import FAILED, PRUNED  # noqa: E402
 from harness.report import load_sweep, write_exports, write_report  # noqa: E402
-from tests.test_report import make_sweep  # noqa: E402
+from tests.test_report import make_replicates, make_sweep  # noqa: E402
 
 TARGET_SECONDS = 10.0
 TARGET_MB = 10.0
@@ -35,8 +36,11 @@ def build(root: Path, args: argparse.Namespace) -> Path:
     n = args.trials
     statuses = {i: FAILED for i in range(3, n, 10)}
     statuses.update({i: PRUNED for i in range(7, n, 15)})
-    return make_sweep(root, n, statuses=statuses, history=args.history, no_result=(n - 1,),
-                      storage=args.storage, extra_metrics=args.extra_metrics)
+    sweep = make_sweep(root, n, statuses=statuses, history=args.history, no_result=(n - 1,),
+                       storage=args.storage, extra_metrics=args.extra_metrics, evals=True)
+    best = [r.number for r in load_sweep(sweep).ranked[:args.replicated]]
+    make_replicates(sweep, dict.fromkeys(best, 0.02))
+    return sweep
 
 
 def timed(label: str, fn, *args):
@@ -60,6 +64,8 @@ def main() -> int:
     parser.add_argument("--storage", choices=["sqlite", "journal"], default="sqlite")
     parser.add_argument("--extra-metrics", type=int, default=0,
                         help="lm-eval style tasks added to each record (acc + acc_stderr)")
+    parser.add_argument("--replicated", type=int, default=3,
+                        help="best configurations rerun with 3 more seeds (harness.replicate)")
     parser.add_argument("--keep", type=Path, help="build the sweep here and keep it")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -4,6 +4,11 @@
     python -m harness sweep=qlora_rank             another sweep from conf/sweep/
     python -m harness sweep=lora_lr sweep.n_trials=20 method.lora.rank=32
     python -m harness action=report sweep=qlora_rank   rebuild the report, no training
+    python -m harness action=replicate sweep=default replicate.top_k=2 replicate.seeds=[1,2,3]
+                                                   rerun the top configurations with other seeds
+    python -m harness action=compare compare.sweeps=[qlora_rank,lora_lr]
+                                                   one report joining several sweeps
+    python -m harness action=merge sweep=default   merge the best adapter into its base model
     python -m harness --cfg [overrides...]         print the composed config and exit
 
 Bad input exits with status 2 and one line naming the field, file or line; nothing is
@@ -17,9 +22,10 @@ import os
 import sys
 from pathlib import Path
 
-from harness.config import ConfigError, compose_config, to_yaml
+from harness.config import ConfigError, compose_config, resolve_paths, to_yaml
 
 USAGE = __doc__
+ACTIONS = ("sweep", "report", "replicate", "compare", "merge")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,16 +53,34 @@ def main(argv: list[str] | None = None) -> int:
 def _run(overrides: list[str]) -> int:
     from harness import sweep as sweeps
 
+    action = compose_config(overrides).get("action", "sweep")
+    if action not in ACTIONS:
+        raise ConfigError(f"action must be one of {', '.join(ACTIONS)}, got {action!r}")
+    if action == "compare":
+        return _compare(resolve_paths(compose_config(overrides)))
     prepared = sweeps.prepare(overrides)
-    action = prepared.cfg.get("action", "sweep")
     if action == "report":
         return _report(prepared)
-    if action != "sweep":
-        raise ConfigError(f"action must be sweep or report, got {action!r}")
+    if action == "merge":
+        return _merge(prepared)
     sweeps.check_inputs(prepared)
+    if action == "replicate":
+        return _replicate(prepared)
     study = sweeps.run(prepared)
     _print_summary(prepared, study)
+    if prepared.cfg.replicate.get("after_sweep"):
+        return _replicate(prepared)
     return _report(prepared)
+
+
+def _ci(cfg):
+    """The report's interval settings from `replicate.ci`, as a ConfigError when bad."""
+    from harness.uncertainty import CISettings
+
+    try:
+        return CISettings.from_config(cfg.replicate.get("ci"))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _report(prepared) -> int:
@@ -65,10 +89,48 @@ def _report(prepared) -> int:
     if not (prepared.dir / "sweep.yaml").exists():
         raise ConfigError(f"sweep.name: no sweep at {prepared.dir} to report on")
     reports = Path(prepared.cfg.paths.reports)
-    path = write_report(prepared.dir, reports / f"{prepared.name}.html")
+    path = write_report(prepared.dir, reports / f"{prepared.name}.html", _ci(prepared.cfg))
     exports = write_exports(prepared.dir, reports / prepared.name)
     print(f"report: {path}")
     print("exports: " + ", ".join(str(p) for p in exports.values()))
+    return 0
+
+
+def _replicate(prepared) -> int:
+    """Rerun the chosen configurations with the other seeds, then rebuild the report."""
+    from harness.replicate import run_replicates
+
+    _ci(prepared.cfg)  # bad interval settings fail before any run
+    records = run_replicates(prepared)
+    failed = [r for r in records if r.status != "COMPLETE"]
+    print(f"replicates: {len(records) - len(failed)} complete, {len(failed)} not")
+    return _report(prepared)
+
+
+def _compare(cfg) -> int:
+    """Write the report joining `compare.sweeps`."""
+    from harness.compare import compare_file_name, write_compare
+
+    names = [str(n) for n in cfg.compare.get("sweeps") or []]
+    if len(names) < 2:
+        raise ConfigError(f"compare.sweeps needs at least two sweep names, got {names}")
+    dirs = [Path(cfg.paths.sweeps) / n for n in names]
+    missing = [str(d) for d in dirs if not (d / "sweep.yaml").is_file()]
+    if missing:
+        raise ConfigError(f"compare.sweeps: no sweep at {', '.join(missing)}")
+    out = cfg.compare.get("out") or Path(cfg.paths.reports) / compare_file_name(names)
+    path = write_compare(dirs, Path(str(out)).expanduser().resolve(), _ci(cfg))
+    print(f"compare report: {path}")
+    return 0
+
+
+def _merge(prepared) -> int:
+    """Merge the best (or `merge.trial`) adapter into its base model and save it."""
+    from harness.merge import merge_best
+
+    if not (prepared.dir / "sweep.yaml").exists():
+        raise ConfigError(f"sweep.name: no sweep at {prepared.dir} to merge from")
+    print(f"merged model: {merge_best(prepared.dir, prepared.cfg.merge)}")
     return 0
 
 

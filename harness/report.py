@@ -2,11 +2,16 @@
 
     load_sweep(sweep_dir)               -> SweepData: config, study, baseline, records, trials table
     write_report(sweep_dir, out_path)   -> one HTML file (plotly.js embedded once, opens offline)
-    write_exports(sweep_dir, out_dir)   -> trials CSV + Parquet, the best trial's config as YAML
+    write_exports(sweep_dir, out_dir)   -> trials CSV + Parquet, the best trial's config as YAML,
+                                           replicate runs as CSV (when there are any)
 
 Tables come from the trial records (`result.json`). The Optuna plots use the study when its
 storage opens, else an in-memory study rebuilt from the records. Every string taken from a
 record or a config is HTML-escaped before it reaches the page.
+
+Replicates (harness.replicate: a configuration rerun with other seeds) are grouped with their
+trial; the report gives their spread and bootstrap CIs (harness.uncertainty) of each metric's
+delta against the base model and against the best configuration.
 """
 
 from __future__ import annotations
@@ -50,7 +55,16 @@ from harness.records import (
     TrialRecord,
     read_record,
 )
+from harness.replicate import load_replicates
 from harness.sweep import STALE_ATTR, SWEEP_FILE
+from harness.uncertainty import (
+    CISettings,
+    Interval,
+    Spread,
+    difference_interval,
+    mean_interval,
+    spread,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +81,13 @@ MAX_SCATTER_METRICS = 24         # metrics plotted against the parameters (no *_
 SCATTER_COLS = 3                 # subplots per row in "metric against parameter"
 TIME_COLUMNS = ("train_seconds", "eval_seconds", "wall_seconds")
 MEMORY_COLUMNS = ("peak_rss_mb", "gpu_max_allocated_mb")
+COST_COLUMNS = ("peak_memory_mb", "compute_hours", "compute_unit", "trainable_pct")
+LEADERBOARD_ROWS = 10            # top trials in the leaderboard
+MAX_REPLICATE_GROUPS = 12        # replicated configurations compared pairwise
+MAX_EVAL_BARS = 40               # lm-eval task metrics / MT-Bench categories drawn
+EVAL_TRIALS = 3                  # top trials drawn beside the base model in lm-eval / MT-Bench
+MT_BENCH_COUNTS = ("judged", "unparseable", "judge_errors", "judge_requests",
+                   "judge_cache_hits")
 BAD_RECORD = (OSError, ValueError, TypeError, KeyError, AttributeError)  # unreadable result.json
 
 
@@ -83,6 +104,8 @@ class SweepData:
     trials: pd.DataFrame = field(default_factory=pd.DataFrame)
     notes: list[str] = field(default_factory=list)
     dirs: dict[int, Path] = field(default_factory=dict)
+    replicates: list[TrialRecord] = field(default_factory=list)  # harness.replicate runs
+    ci: CISettings = field(default_factory=CISettings)
 
     @property
     def name(self) -> str:
@@ -136,6 +159,10 @@ class SweepData:
         return pareto_front(self)
 
     @cached_property
+    def front_numbers(self) -> set[int]:
+        return {r.number for r in self.pareto}
+
+    @cached_property
     def plot_study(self) -> optuna.Study:
         """The study for Optuna's plots: the stored one, else one rebuilt from the records."""
         return self.study if self.study is not None else records_study(self)
@@ -143,9 +170,69 @@ class SweepData:
     def config_path(self, number: int) -> Path:
         return self.dirs.get(number, self.sweep_dir / "trials" / f"{number:04d}") / CONFIG_FILE
 
+    @cached_property
+    def groups(self) -> dict[int, Group]:
+        """Replicated configurations by trial number: the trial's and its replicates' runs."""
+        trials = {r.number: r for r in self.records}
+        numbers = sorted({r.number for r in self.replicates})
+        return {n: Group(n, trials.get(n), [r for r in self.replicates if r.number == n])
+                for n in numbers}
 
-def load_sweep(sweep_dir: Path) -> SweepData:
-    """Read a sweep folder: its config, study (None if the storage is missing), records."""
+    @cached_property
+    def best_group(self) -> Group | None:
+        """The replicated configuration with the best mean first objective (>= 2 runs)."""
+        if not self.objectives:
+            return None
+        metric, direction = self.objectives[0]
+        sign = -1.0 if direction == "maximize" else 1.0
+        scored = [(sign * float(np.mean(g.values(metric))), g.number, g)
+                  for g in self.groups.values() if len(g.values(metric)) >= 2]
+        return min(scored, key=lambda t: t[:2])[2] if scored else None
+
+
+@dataclass
+class Group:
+    """One configuration run with several seeds: the sweep's trial plus its replicates."""
+
+    number: int
+    trial: TrialRecord | None
+    replicates: list[TrialRecord]
+
+    @cached_property
+    def runs(self) -> list[TrialRecord]:
+        """COMPLETE runs, one per seed: the trial first, then the replicates by seed."""
+        runs = [self.trial] if self.trial is not None and self.trial.status == COMPLETE else []
+        for record in sorted(self.replicates, key=lambda r: r.seed):
+            if record.status == COMPLETE and all(r.seed != record.seed for r in runs):
+                runs.append(record)
+        return runs
+
+    @property
+    def method(self) -> str:
+        source = self.trial or (self.replicates[0] if self.replicates else None)
+        return source.method if source else ""
+
+    @property
+    def params(self) -> dict:
+        source = self.trial or (self.replicates[0] if self.replicates else None)
+        return dict(source.params) if source else {}
+
+    @property
+    def label(self) -> str:
+        return f"#{self.number} {self.method}"
+
+    def values(self, metric: str) -> list[float]:
+        """The metric in every COMPLETE run that has it (one value per seed)."""
+        found = [_num(r.metrics.get(metric)) for r in self.runs]
+        return [v for v in found if v is not None]
+
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.runs]
+
+
+def load_sweep(sweep_dir: Path, ci: CISettings | None = None) -> SweepData:
+    """Read a sweep folder: its config, study (None if the storage is missing), records and
+    replicates. `ci` defaults to the sweep's `replicate.ci` (else CISettings())."""
     sweep_dir = Path(sweep_dir)
     cfg_path = sweep_dir / SWEEP_FILE
     if not cfg_path.exists():
@@ -157,7 +244,8 @@ def load_sweep(sweep_dir: Path) -> SweepData:
     known = {t.number: t for t in study.get_trials(deepcopy=False)} if study else {}
     records = [_read_trial(number, path, known.get(number)) for number, path in dirs.items()]
     data = SweepData(sweep_dir, cfg, study, _load_baseline(sweep_dir), records, notes=notes,
-                     dirs=dirs)
+                     dirs=dirs, replicates=load_replicates(sweep_dir),
+                     ci=ci or CISettings.from_config((cfg.get("replicate") or {}).get("ci")))
     if not data.objectives:
         notes.append("sweep.objectives is empty: no best trial can be chosen")
     if data.baseline is None:
@@ -285,17 +373,20 @@ def trials_frame(data: SweepData) -> pd.DataFrame:
 def _frame_columns(data: SweepData) -> list[str]:
     base = data.baseline.metrics if data.baseline else {}
     delta = [m for m in data.numeric_metrics if _num(base.get(m)) is not None]
-    return (["number", "status", "rank", "method"]
+    front = ["pareto"] if len(data.objectives) > 1 else []
+    return (["number", "status", "rank", *front, "method"]
             + [f"param:{p}" for p in data.param_names]
             + [f"metric:{m}" for m in data.metric_names]
             + [f"delta:{m}" for m in delta] + [f"delta_pct:{m}" for m in delta]
-            + [*TIME_COLUMNS, *MEMORY_COLUMNS, "trainable_params", "total_params",
-               "error_type", "error_message", "note", "config_path"])
+            + [*TIME_COLUMNS, *MEMORY_COLUMNS, *COST_COLUMNS, "trainable_params",
+               "total_params", "error_type", "error_message", "note", "config_path"])
 
 
 def _trial_row(record: TrialRecord, data: SweepData, rank: int | None) -> dict:
     row = {"number": record.number, "status": record.status, "rank": rank,
            "method": record.method}
+    if len(data.objectives) > 1:
+        row["pareto"] = record.number in data.front_numbers
     row.update({f"param:{p}": _plain(record.params.get(p)) for p in data.param_names})
     for metric in data.metric_names:
         value = record.metrics.get(metric)
@@ -305,6 +396,9 @@ def _trial_row(record: TrialRecord, data: SweepData, rank: int | None) -> dict:
     ran = record.status != NO_RESULT
     row.update({c: _num(getattr(record, c)) if ran else None
                 for c in (*TIME_COLUMNS, *MEMORY_COLUMNS)})
+    hours, unit = compute_hours(record) if ran else (None, None)
+    row.update(peak_memory_mb=peak_memory_mb(record) if ran else None, compute_hours=hours,
+               compute_unit=unit, trainable_pct=trainable_pct(record) if ran else None)
     row.update(trainable_params=record.trainable_params if ran else None,
                total_params=record.total_params if ran else None,
                error_type=record.error.type if record.error else None,
@@ -312,6 +406,36 @@ def _trial_row(record: TrialRecord, data: SweepData, rank: int | None) -> dict:
                note=record.extra.get("note") if record.status == NO_RESULT else None,
                config_path=record.config_path or None)
     return row
+
+
+# -- cost of a trial -----------------------------------------------------------------------
+def peak_memory_mb(record: TrialRecord) -> float | None:
+    """GPU max allocated when the trial used a GPU, else the process's peak RSS."""
+    return _num(record.gpu_max_allocated_mb) or _num(record.peak_rss_mb) or None
+
+
+def compute_hours(record: TrialRecord) -> tuple[float | None, str | None]:
+    """(hours, unit): GPU-h = wall time x GPUs; CPU-h = wall time x torch threads (core-hours).
+
+    The device comes from record.extra["device"] (harness.trial); without it a trial that
+    reported GPU memory counts one GPU, any other one thread.
+    """
+    device = record.extra.get("device")
+    device = device if isinstance(device, dict) else {}
+    seconds = _num(record.wall_seconds) or ((_num(record.train_seconds) or 0.0)
+                                            + (_num(record.eval_seconds) or 0.0))
+    if not seconds:
+        return None, None
+    if device.get("type") == "cuda" or (not device and record.gpu_max_allocated_mb is not None):
+        return seconds * int(device.get("count") or 1) / 3600, "GPU-h"
+    return seconds * int(device.get("threads") or 1) / 3600, "CPU-h"
+
+
+def trainable_pct(record: TrialRecord) -> float | None:
+    """Trainable parameters as a percentage of all parameters."""
+    if not record.total_params:
+        return None
+    return 100.0 * record.trainable_params / record.total_params
 
 
 def _delta(record: TrialRecord, baseline: TrialRecord | None,
@@ -579,8 +703,10 @@ def _headline(data: SweepData, best: TrialRecord) -> str:
     base = _num(data.baseline.metrics.get(metric)) if data.baseline else None
     against = (f" vs base model {_e(_fmt(base))}: {_delta_html(delta, pct, direction, True)}"
                if base is not None else " (no base-model value to compare)")
-    share = (f" ({100 * best.trainable_params / best.total_params:.2f}%)"
-             if best.total_params else "")
+    share = f" ({trainable_pct(best):.2f}%)" if trainable_pct(best) is not None else ""
+    hours, unit = compute_hours(best)
+    compute = f" · compute {hours:.3g} {unit}" if hours is not None else ""
+    gpu = "no GPU" if best.gpu_max_allocated_mb is None else _fmt_mb(best.gpu_max_allocated_mb)
     return (
         '<div class="headline">'
         f'<p class="big">Best trial <a href="#best">#{_e(best.number)}</a> '
@@ -588,11 +714,12 @@ def _headline(data: SweepData, best: TrialRecord) -> str:
         f"</b>{against}</p>"
         f"<p>params: <code>{_e(_params_text(best.params))}</code></p>"
         f"<p>memory: peak RSS {_fmt_mb(best.peak_rss_mb)} · GPU max allocated "
-        f"{_fmt_mb(best.gpu_max_allocated_mb)} · trainable params "
+        f"{gpu} · trainable params "
         f"{_fmt_count(best.trainable_params)} of {_fmt_count(best.total_params)}{share}</p>"
         f"<p>time: train {_fmt_seconds(best.train_seconds)} · eval "
-        f"{_fmt_seconds(best.eval_seconds)} · wall {_fmt_seconds(best.wall_seconds)}</p>"
-        f"{_pareto_line(data)}</div>")
+        f"{_fmt_seconds(best.eval_seconds)} · wall {_fmt_seconds(best.wall_seconds)}"
+        f"{_e(compute)}</p>"
+        f"{_replicate_line(data, best)}{_pareto_line(data)}</div>")
 
 
 def _pareto_line(data: SweepData) -> str:
@@ -620,6 +747,31 @@ def _comparison(data: SweepData, best: TrialRecord | None) -> str:
         return ""
     head = ["metric", "base model", f"best #{best.number}" if best else "best", "Δ (Δ%)"]
     return _table(head, rows, "compact")
+
+
+def _leaderboard(data: SweepData, figs: Figures) -> str:
+    """The top trials by the first objective, with what they cost."""
+    if not data.ranked:
+        return _note("No completed trial yet.")
+    names = [m for m, _ in data.objectives]
+    rows = []
+    for rank, r in enumerate(data.ranked[:LEADERBOARD_ROWS], start=1):
+        delta, pct = _delta(r, data.baseline, names[0])
+        hours, unit = compute_hours(r)
+        front = ["yes" if r.number in data.front_numbers else ""] if len(names) > 1 else []
+        rows.append([rank, f"#{r.number}", r.method, _params_text(r.params),
+                     *[_plain(r.metrics.get(m)) for m in names],
+                     _Raw(_delta_html(delta, pct, data.objectives[0][1])), *front,
+                     _fmt_mb(peak_memory_mb(r)),
+                     f"{hours:.3g} {unit}" if hours is not None else "—",
+                     f"{trainable_pct(r):.3g}%" if trainable_pct(r) is not None else "—",
+                     _fmt_seconds(r.wall_seconds)])
+    head = ["rank", "trial", "method", "params", *names, f"Δ {names[0]} vs base",
+            *(["Pareto"] if len(names) > 1 else []), "peak memory", "compute", "trainable",
+            "wall"]
+    more = len(data.ranked) - len(rows)
+    return _table(head, rows) + (_note(f"{more} more completed trials in the trials table.")
+                                 if more > 0 else "")
 
 
 def _trials_table(data: SweepData, figs: Figures) -> str:
@@ -949,14 +1101,17 @@ def _first(a: dict, b: dict, key: str, field_name: str) -> str:
 
 
 def _failures_section(data: SweepData, figs: Figures) -> str:
-    bad = [r for r in data.records if r.status in (FAILED, PRUNED, NO_RESULT)]
+    """Trials and replicates without a COMPLETE record, with the reason and the log's tail."""
+    bad = [(str(r.number), r) for r in data.records if r.status in (FAILED, PRUNED, NO_RESULT)]
+    bad += [(f"{r.number} seed {r.seed} (replicate)", r) for r in data.replicates
+            if r.status != COMPLETE]
     if not bad:
         return _note("None: every trial has a COMPLETE record.")
-    rows = [_failure_row(r, i < MAX_LOG_TAILS) for i, r in enumerate(bad)]
+    rows = [_failure_row(r, i < MAX_LOG_TAILS, label) for i, (label, r) in enumerate(bad)]
     return _table(["trial", "status", "method", "params", "reason", "log"], rows)
 
 
-def _failure_row(record: TrialRecord, with_tail: bool) -> list:
+def _failure_row(record: TrialRecord, with_tail: bool, label: str | None = None) -> list:
     if record.error is not None:
         reason = f"{record.error.type}: {record.error.message}"
     else:
@@ -967,8 +1122,8 @@ def _failure_row(record: TrialRecord, with_tail: bool) -> list:
     if tail:
         log_html = _Raw(f"{log_html}<details><summary>last lines</summary>"
                         f"{_text(tail)}</details>")
-    return [record.number, record.status, record.method, _params_text(record.params),
-            _text(reason), log_html]
+    return [label or record.number, record.status, record.method,
+            _params_text(record.params), _text(reason), log_html]
 
 
 def _log_tail(path: Path) -> str | None:
@@ -1022,8 +1177,11 @@ def _environment_section(data: SweepData, figs: Figures) -> str:
             for p, c in sorted(versions.items())]
     commits = Counter(str(r.git_commit) for r in records if r.git_commit)
     commit_rows = [[c, n] for c, n in commits.most_common()]
+    devices = Counter(device_text(r) for r in records)
     parts = [_table(["package", "version"], rows, "compact") if rows
              else _note("No package versions recorded."),
+             _table(["device (GPU or CPU)", "records"], devices.most_common(), "compact")
+             if devices else _note("No device recorded."),
              _table(["git commit", "records"], commit_rows, "compact") if commit_rows
              else _note("No git commit recorded.")]
     if any(len(c) > 1 for c in versions.values()) or len(commits) > 1:
@@ -1034,6 +1192,19 @@ def _environment_section(data: SweepData, figs: Figures) -> str:
     return "".join(parts)
 
 
+def device_text(record: TrialRecord) -> str:
+    """The GPU (name x count) or CPU a record was made on, as far as it says."""
+    device = record.extra.get("device")
+    if isinstance(device, dict) and device.get("type") == "cuda":
+        return f"GPU: {device.get('name') or '?'} x {device.get('count') or 1}"
+    if isinstance(device, dict) and device.get("type"):
+        return (f"CPU: {device.get('name') or '?'}, {device.get('threads') or '?'} torch "
+                "threads")
+    if record.gpu_max_allocated_mb is not None:
+        return "GPU (name not recorded)"
+    return "CPU (device not recorded)"
+
+
 def _version(package: str) -> str:
     try:
         return metadata.version(package)
@@ -1041,19 +1212,396 @@ def _version(package: str) -> str:
         return "?"
 
 
+# -- replicates: spread across seeds and confidence intervals ---------------------------------
+REPLICATE_HINT = ("No replicates: every configuration ran with one seed, so there is no "
+                  "spread or confidence interval. Rerun the top configurations with other "
+                  "seeds: python -m harness action=replicate sweep={name} replicate.top_k=2 "
+                  "replicate.seeds=[1,2,3]")
+
+
+def _fmt_interval(iv: Interval | None, signed: bool = False) -> str:
+    if iv is None:
+        return "—"
+    f = (lambda v: f"{v:+.4g}") if signed else (lambda v: f"{v:.4g}")
+    return f"{f(iv.estimate)} [{f(iv.low)}, {f(iv.high)}]"
+
+
+def _fmt_spread(s: Spread) -> str:
+    return f"{s.mean:.4g} ± {s.sd:.2g} ({s.low:.4g} – {s.high:.4g})"
+
+
+def _base_value(data: SweepData, metric: str) -> float | None:
+    return _num(data.baseline.metrics.get(metric)) if data.baseline else None
+
+
+def _vs_base(data: SweepData, group: Group, metric: str) -> Interval | None:
+    """CI of the group's mean minus the base model's (single, deterministic) value."""
+    base = _base_value(data, metric)
+    iv = mean_interval(group.values(metric), data.ci)
+    return iv.shifted(base) if iv is not None and base is not None else None
+
+
+def _vs_best(data: SweepData, group: Group, metric: str) -> Interval | None:
+    ref = data.best_group
+    if ref is None or ref.number == group.number:
+        return None
+    return difference_interval(group.values(metric), ref.values(metric), data.ci)
+
+
+def _verdict(data: SweepData, group: Group, metric: str, direction: str | None) -> _Raw:
+    """Whether the group differs from the best configuration on this metric."""
+    ref = data.best_group
+    if ref is not None and ref.number == group.number:
+        return _Raw('<span class="tag">best configuration (reference)</span>')
+    diff = _vs_best(data, group, metric)
+    if diff is None:
+        return _Raw(_e("needs >= 2 seeds in both configurations"))
+    if diff.contains(0.0):
+        return _Raw('<span class="same">not distinguishable from the best '
+                    "(CI of the difference contains 0)</span>")
+    if direction is None:
+        return _Raw(_e("differs from the best (CI of the difference excludes 0)"))
+    cls = "better" if _better(diff.estimate, direction) else "worse"
+    return _Raw(f'<span class="{cls}">{cls} than the best (CI of the difference '
+                "excludes 0)</span>")
+
+
+def _replicates_section(data: SweepData, figs: Figures) -> str:
+    """Each replicated configuration and method across seeds, with CIs and verdicts."""
+    groups = list(data.groups.values())
+    if not groups:
+        return _note(REPLICATE_HINT.format(name=data.name))
+    if not data.objectives:
+        return _note("sweep.objectives is empty: no reference configuration.")
+    metric, direction = data.objectives[0]
+    ref = data.best_group
+    head = _note(f"{data.ci.describe()}. A configuration's runs: its sweep trial plus its "
+                 "replicates (same config, other seed). Δ vs base: mean minus the base "
+                 "model's value; Δ vs best: mean minus the mean of the configuration with the "
+                 f"best mean {metric} ({ref.label if ref else 'none with 2 runs yet'}).")
+    parts = [head, _replicate_table(data, groups, metric, direction),
+             "<h3>Per method (each method's best replicated configuration)</h3>",
+             _method_spread_table(data, groups, metric, direction),
+             "<h3>Pairs of configurations</h3>", _pairs_table(data, groups, metric, direction),
+             _replicate_figure(data, groups, figs),
+             "<details><summary>every metric across seeds</summary>",
+             _all_metrics_table(data, groups), "</details>"]
+    return "".join(parts)
+
+
+def _group_row(data: SweepData, group: Group, metric: str, direction: str) -> list:
+    values = group.values(metric)
+    if not values:
+        return [group.label, _params_text(group.params), "—", 0, "—", "—", "—", "—",
+                _Raw(_e("no COMPLETE run with the metric"))]
+    return [group.label, _params_text(group.params), ", ".join(map(str, group.seeds())),
+            len(values), _fmt_spread(spread(values)),
+            _fmt_interval(mean_interval(values, data.ci)),
+            _fmt_interval(_vs_base(data, group, metric), True),
+            _fmt_interval(_vs_best(data, group, metric), True),
+            _verdict(data, group, metric, direction)]
+
+
+def _ranked_groups(data: SweepData, groups: list[Group], metric: str,
+                   direction: str) -> list[Group]:
+    sign = -1.0 if direction == "maximize" else 1.0
+    return sorted(groups, key=lambda g: (not g.values(metric),
+                                         sign * float(np.mean(g.values(metric) or [0.0])),
+                                         g.number))
+
+
+def _replicate_table(data: SweepData, groups: list[Group], metric: str, direction: str) -> str:
+    rows = [_group_row(data, g, metric, direction)
+            for g in _ranked_groups(data, groups, metric, direction)]
+    head = ["configuration", "params", "seeds", "n", f"{metric}: mean ± sd (min – max)",
+            "mean [95% CI]", "Δ vs base [CI]", "Δ vs best [CI]", "verdict"]
+    return _table(head, rows)
+
+
+def _method_spread_table(data: SweepData, groups: list[Group], metric: str,
+                         direction: str) -> str:
+    rows = []
+    for method in sorted({g.method for g in groups}):
+        mine = _ranked_groups(data, [g for g in groups if g.method == method], metric,
+                              direction)
+        row = _group_row(data, mine[0], metric, direction)
+        rows.append([method, len(mine), *row[:1], *row[2:]])
+    head = ["method", "configs replicated", "best configuration", "seeds", "n",
+            f"{metric}: mean ± sd (min – max)", "mean [95% CI]", "Δ vs base [CI]",
+            "Δ vs best [CI]", "verdict"]
+    return _table(head, rows)
+
+
+def _pairs_table(data: SweepData, groups: list[Group], metric: str, direction: str) -> str:
+    ranked = [g for g in _ranked_groups(data, groups, metric, direction)
+              if len(g.values(metric)) >= 2][:MAX_REPLICATE_GROUPS]
+    if len(ranked) < 2:
+        return _note("Needs two configurations with >= 2 runs each.")
+    rows = []
+    for i, a in enumerate(ranked):
+        for b in ranked[i + 1:]:
+            diff = difference_interval(a.values(metric), b.values(metric), data.ci)
+            ia, ib = mean_interval(a.values(metric), data.ci), mean_interval(b.values(metric),
+                                                                               data.ci)
+            same = diff.contains(0.0)
+            verdict = ("not distinguishable" if same else
+                       f"{a.label if _better(diff.estimate, direction) else b.label} is better")
+            rows.append([a.label, b.label, _fmt_interval(diff, True),
+                         "yes" if ia.overlaps(ib) else "no",
+                         _Raw(f'<span class="{"same" if same else "better"}">{_e(verdict)}'
+                              "</span>")])
+    head = ["A", "B", f"{metric}: mean(A) − mean(B) [CI]", "CIs of the means overlap",
+            "verdict (CI of the difference contains 0?)"]
+    return _table(head, rows, "compact")
+
+
+def _replicate_figure(data: SweepData, groups: list[Group], figs: Figures) -> str:
+    """Each seed's value per configuration, with the mean and its CI, per objective."""
+    metrics = [m for m, _ in data.objectives][:3]
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics)
+    for col, metric in enumerate(metrics, start=1):
+        direction = dict(data.objectives)[metric]
+        shown = [g for g in _ranked_groups(data, groups, metric, direction)
+                 if g.values(metric)][:MAX_REPLICATE_GROUPS]
+        xs = [g.label for g in shown]
+        seeds_x = [g.label for g in shown for r in g.runs if _num(r.metrics.get(metric))
+                   is not None]
+        seeds_y = [v for g in shown for v in g.values(metric)]
+        seeds_c = [r.seed for g in shown for r in g.runs
+                   if _num(r.metrics.get(metric)) is not None]
+        fig.add_trace(go.Scatter(x=seeds_x, y=seeds_y, mode="markers", name="one seed",
+                                 showlegend=col == 1, marker={"color": "#888", "size": 7},
+                                 customdata=seeds_c,
+                                 hovertemplate="%{x} seed %{customdata}: %{y:.4g}"
+                                               "<extra></extra>"), row=1, col=col)
+        ivs = [mean_interval(g.values(metric), data.ci) for g in shown]
+        means = [float(np.mean(g.values(metric))) for g in shown]
+        fig.add_trace(go.Scatter(
+            x=xs, y=means, mode="markers", name="mean and 95% CI", showlegend=col == 1,
+            marker={"color": "#1f77b4", "size": 11, "symbol": "diamond"},
+            error_y={"type": "data", "symmetric": False,
+                     "array": [iv.high - m if iv else 0 for iv, m in zip(ivs, means,
+                                                                         strict=True)],
+                     "arrayminus": [m - iv.low if iv else 0 for iv, m in zip(ivs, means,
+                                                                             strict=True)]}),
+            row=1, col=col)
+        base = _base_value(data, metric)
+        if base is not None:
+            fig.add_hline(y=base, line_dash="dash", line_color="gray", row=1, col=col,
+                          annotation_text="base", annotation_position="top left")
+    fig.update_xaxes(type="category")
+    fig.update_layout(title="Replicated configurations across seeds (dashed: base model)")
+    return figs.html(fig, 420)
+
+
+def _all_metrics_table(data: SweepData, groups: list[Group]) -> str:
+    directions = dict(data.objectives)
+    metrics = [m for m in data.numeric_metrics if not m.endswith("_stderr")]
+    rows = []
+    for group in _ranked_groups(data, groups, *data.objectives[0]):
+        for metric in metrics:
+            values = group.values(metric)
+            if not values:
+                continue
+            rows.append([group.label, metric, len(values), _fmt_spread(spread(values)),
+                         _fmt_interval(_vs_base(data, group, metric), True),
+                         _fmt_interval(_vs_best(data, group, metric), True),
+                         _verdict(data, group, metric, directions.get(metric))])
+    head = ["configuration", "metric", "n", "mean ± sd (min – max)", "Δ vs base [CI]",
+            "Δ vs best [CI]", "verdict"]
+    return f'<div class="scroll">{_table(head, rows)}</div>'
+
+
+def _replicate_line(data: SweepData, best: TrialRecord) -> str:
+    """The headline's answer to 'how sure?': the best configuration across seeds."""
+    metric, direction = data.objectives[0]
+    group, ref = data.groups.get(best.number), data.best_group
+    if not data.groups:
+        return ('<p>Seeds: one run per configuration, so no confidence interval yet '
+                '(see <a href="#replicates">replicates</a>).</p>')
+    parts = []
+    if group is not None and len(group.values(metric)) >= 2:
+        iv = mean_interval(group.values(metric), data.ci)
+        parts.append(f"across {iv.n} seeds trial #{best.number}'s {_e(metric)} is "
+                     f"{_e(_fmt_interval(iv))}, Δ vs base "
+                     f"{_e(_fmt_interval(_vs_base(data, group, metric), True))}")
+        if direction and (d := _vs_base(data, group, metric)) is not None and \
+                not d.contains(0.0):
+            parts[-1] += (" (better than the base model at this confidence)"
+                          if _better(d.estimate, direction) else " (worse than the base model)")
+    if ref is not None and ref.number != best.number:
+        parts.append(f"by mean over seeds the best configuration is #{ref.number} "
+                     f"({_e(ref.method)})")
+    ties = [g.label for g in data.groups.values() if ref is not None and g is not ref
+            and (d := _vs_best(data, g, metric)) is not None and d.contains(0.0)]
+    if ties:
+        parts.append("not distinguishable from it: " + _e(", ".join(ties)))
+    text = "; ".join(parts) or "replicates recorded, but fewer than 2 runs per configuration"
+    level = f"{100 * data.ci.level:g}% CI"
+    return (f'<p>Seeds [{_e(level)}]: {text}; <a href="#replicates">details and '
+            "method</a>.</p>")
+
+
+# -- quality against cost ---------------------------------------------------------------------
+COSTS: list[tuple[str, str, Callable[[TrialRecord], float | None]]] = [
+    ("memory", "peak memory (MB)", peak_memory_mb),
+    ("compute", "compute (GPU-h or CPU core-h)", lambda r: compute_hours(r)[0]),
+]
+
+
+def front_2d(points: list[tuple[float, float, object]], sign: float) -> list:
+    """Items no other point beats on both cost x (lower is better) and quality sign*y (lower
+    is better), in order of cost."""
+    out, best = [], math.inf
+    for _x, y, item in sorted(points, key=lambda p: (p[0], sign * p[1])):
+        if sign * y < best:
+            out.append(item)
+            best = sign * y
+    return out
+
+
+def _cost_section(data: SweepData, figs: Figures) -> str:
+    """The first objective against peak memory and against compute, with Pareto fronts."""
+    if not data.ranked:
+        return _note("No completed trial with the objective yet.")
+    metric, direction = data.objectives[0]
+    sign = -1.0 if direction == "maximize" else 1.0
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=[f"{metric} vs {label}" for _, label, _ in COSTS])
+    palette = _palette()
+    methods = sorted({r.method for r in data.ranked})
+    tables = []
+    for col, (_, label, cost) in enumerate(COSTS, start=1):
+        points = [(cost(r), _num(r.metrics[metric]), r) for r in data.ranked
+                  if cost(r) is not None]
+        for j, method in enumerate(methods):
+            mine = [p for p in points if p[2].method == method]
+            fig.add_trace(_cost_scatter(mine, method, palette[j % len(palette)], col == 1),
+                          row=1, col=col)
+        front = front_2d(points, sign)
+        by_number = {p[2].number: p for p in points}
+        fig.add_trace(go.Scatter(
+            x=[by_number[r.number][0] for r in front], y=[by_number[r.number][1] for r in front],
+            mode="lines+markers", name="Pareto front", showlegend=col == 1,
+            line={"color": "black", "shape": "hv", "width": 1.5},
+            marker={"color": "black", "size": 9, "symbol": "star"},
+            text=[f"#{r.number}" for r in front],
+            hovertemplate="front %{text}: %{y:.4g} at %{x:.4g}<extra></extra>"), row=1, col=col)
+        fig.update_xaxes(title_text=label, row=1, col=col)
+        tables.append(f"<h3>Pareto front: {_e(metric)} against {_e(label)}</h3>"
+                      + _front_table(front, metric))
+    fig.update_yaxes(title_text=metric)
+    note = _note("Peak memory: GPU max allocated when the trial ran on a GPU, else peak RSS. "
+                 "Compute: wall time x GPUs (GPU-h), or x torch threads on CPU (core-h). "
+                 "A trial is on a front when no other trial is both cheaper and better.")
+    return note + figs.html(fig, 440) + "".join(tables)
+
+
+def _cost_scatter(points: list, method: str, color: str, legend: bool) -> go.Scatter:
+    return go.Scatter(x=np.array([p[0] for p in points], dtype=float),
+                      y=np.array([p[1] for p in points], dtype=float), mode="markers",
+                      name=method, legendgroup=method, showlegend=legend,
+                      marker={"color": color, "size": 6, "opacity": 0.6},
+                      customdata=np.array([p[2].number for p in points]),
+                      hovertemplate="trial #%{customdata}: %{y:.4g} at %{x:.4g}"
+                                    "<extra></extra>")
+
+
+def _front_table(front: list[TrialRecord], metric: str) -> str:
+    rows = []
+    for r in front:
+        hours, unit = compute_hours(r)
+        rows.append([f"#{r.number}", r.method, _params_text(r.params),
+                     _plain(r.metrics.get(metric)), _fmt_mb(peak_memory_mb(r)),
+                     f"{hours:.3g} {unit}" if hours is not None else "—",
+                     f"{trainable_pct(r):.3g}%" if trainable_pct(r) is not None else "—"])
+    head = ["trial", "method", "params", metric, "peak memory", "compute", "trainable"]
+    return _table(head, rows, "compact")
+
+
+# -- lm-eval per task and MT-Bench per category -----------------------------------------------
+def _eval_runs(data: SweepData, names: list[str]) -> list[tuple[str, TrialRecord]]:
+    """The base model and the top trials that have any of these metrics."""
+    runs = [("base model", data.baseline)] if data.baseline else []
+    best = data.best.number if data.best else None
+    with_metrics = [r for r in data.ranked if any(n in r.metrics for n in names)]
+    for record in with_metrics[:EVAL_TRIALS]:
+        label = f"best #{record.number}" if record.number == best else f"#{record.number}"
+        runs.append((f"{label} {record.method}", record))
+    return [(label, r) for label, r in runs if any(n in r.metrics for n in names)]
+
+
+def _eval_bars(data: SweepData, names: list[str], labels: list[str], title: str,
+               stderr: Callable[[str], str] | None, figs: Figures) -> str:
+    runs = _eval_runs(data, names)
+    if not runs:
+        return _note("Neither the base model nor a completed trial has these metrics.")
+    fig = go.Figure()
+    for label, record in runs:
+        ys = [_num(record.metrics.get(n)) for n in names]
+        errors = [_num(record.metrics.get(stderr(n))) if stderr else None for n in names]
+        bar = go.Bar(x=labels, y=ys, name=label)
+        if any(e is not None for e in errors):
+            bar.error_y = {"type": "data", "array": [e or 0 for e in errors], "visible": True}
+        fig.add_trace(bar)
+    fig.update_layout(barmode="group", title=title, xaxis_type="category")
+    rows = [[label, *[_plain(r.metrics.get(n)) for n in names]] for label, r in runs]
+    return figs.html(fig, 420) + f'<div class="scroll">{_table(["run", *labels], rows)}</div>'
+
+
+def _lm_eval_section(data: SweepData, figs: Figures) -> str:
+    """Each lm-eval task's scores: base model against the top trials (± stderr)."""
+    names = [m for m in data.metric_names if m.startswith("lm_eval/") and m.count("/") >= 2
+             and not m.endswith("_stderr")]
+    if not names:
+        return _note("No lm-eval metrics recorded (eval.lm_eval.enabled is false, or no "
+                     "trial was scored).")
+    shown = names[:MAX_EVAL_BARS]
+    note = _note(f"Showing {len(shown)} of {len(names)} task metrics.") \
+        if len(names) > len(shown) else ""
+    labels = [m.removeprefix("lm_eval/") for m in shown]
+    return note + _eval_bars(data, shown, labels, "lm-eval per task (error bars: stderr)",
+                             lambda n: f"{n}_stderr", figs)
+
+
+def _mt_bench_section(data: SweepData, figs: Figures) -> str:
+    """MT-Bench score, turns and categories: base model against the top trials."""
+    counts = {f"mt_bench/{c}" for c in MT_BENCH_COUNTS}
+    names = [m for m in data.metric_names if m.startswith("mt_bench/") and m not in counts]
+    if not names:
+        return _note("No MT-Bench metrics recorded (eval.mt_bench.enabled is false, or no "
+                     "trial was judged).")
+    head = [f"mt_bench/{k}" for k in ("score", "turn1", "turn2") if f"mt_bench/{k}" in names]
+    order = (head + [m for m in names if m not in head])[:MAX_EVAL_BARS]
+    labels = [m.removeprefix("mt_bench/") for m in order]
+    runs = _eval_runs(data, order)
+    count_rows = [[label, *[_plain(r.metrics.get(c)) for c in sorted(counts)]]
+                  for label, r in runs]
+    judged = _table(["run", *[c.removeprefix("mt_bench/") for c in sorted(counts)]],
+                    count_rows, "compact") if count_rows else ""
+    return (_eval_bars(data, order, labels, "MT-Bench per category (judge score 1-10)", None,
+                       figs) + judged)
+
+
 # -- the page --------------------------------------------------------------------------------
 Section = Callable[[SweepData, Figures], str]
 
 SECTIONS: list[tuple[str, str, Section]] = [
     ("summary", "At a glance", _summary),
+    ("leaderboard", "Leaderboard", _leaderboard),
     ("trials", "Trials", _trials_table),
     ("best", "Best trial and its config", _best_section),
-    ("pareto", "Pareto front", _pareto_section),
+    ("replicates", "Replicates: spread across seeds and confidence intervals",
+     _replicates_section),
+    ("cost", "Quality against cost: memory and compute", _cost_section),
+    ("pareto", "Pareto front of the objectives", _pareto_section),
     ("history", "Optimization history", _history_section),
     ("parallel", "Parallel coordinates", _parallel_section),
     ("importance", "Parameter importance", _importance_section),
     ("metrics", "Metrics against parameters", _scatter_section),
-    ("loss", "Training loss curves", _loss_section),
+    ("loss", "Training loss curves (train and eval)", _loss_section),
+    ("lm-eval", "lm-eval per task", _lm_eval_section),
+    ("mt-bench", "MT-Bench per category", _mt_bench_section),
     ("resources", "Time and memory per trial", _resources_section),
     ("methods", "Per-method comparison", _methods_section),
     ("samples", "Sample generations", _samples_section),
@@ -1077,6 +1625,8 @@ table.compact td { white-space: nowrap; }
 .big { font-size: 18px; }
 .tag { background: #e4e9f0; padding: 0 6px; border-radius: 3px; }
 .better { color: #11772d; font-weight: bold; } .worse { color: #b3261e; font-weight: bold; }
+.same { color: #7a5b00; font-weight: bold; }
+h3 { font-size: 15px; margin: 14px 0 4px; }
 .note { color: #555; font-style: italic; }
 .text { white-space: pre-wrap; font-family: ui-monospace, monospace; font-size: 12px;
         max-height: 300px; overflow: auto; }
@@ -1139,9 +1689,9 @@ def _section(sid: str, title: str, body: str) -> str:
     return f'<section id="{sid}"><h2>{_e(title)}</h2>{body}</section>'
 
 
-def write_report(sweep_dir: Path, out_path: Path) -> Path:
+def write_report(sweep_dir: Path, out_path: Path, ci: CISettings | None = None) -> Path:
     """Write the sweep's report as one self-contained HTML file; returns its path."""
-    data = load_sweep(Path(sweep_dir))
+    data = load_sweep(Path(sweep_dir), ci)
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     text = render(data)
@@ -1169,7 +1719,24 @@ def write_exports(sweep_dir: Path, out_dir: Path) -> dict[str, Path]:
     if data.best is not None:
         paths["best_config"] = out_dir / f"{data.name}_best_config.yaml"
         paths["best_config"].write_text(best_config_yaml(data, data.best))
+    if data.replicates:
+        paths["replicates"] = out_dir / f"{data.name}_replicates.csv"
+        _arrow_safe(replicates_frame(data)).to_csv(paths["replicates"], index=False)
     return paths
+
+
+def replicates_frame(data: SweepData) -> pd.DataFrame:
+    """One row per run of a replicated configuration (the trial and its replicates)."""
+    rows = []
+    for group in data.groups.values():
+        source = [group.trial] if group.trial is not None else []
+        for record in source + sorted(group.replicates, key=lambda r: r.seed):
+            row = {"number": group.number, "seed": record.seed, "status": record.status,
+                   "replicate": record is not group.trial, "method": record.method}
+            row.update({f"param:{k}": _plain(v) for k, v in group.params.items()})
+            row.update({f"metric:{m}": _num(record.metrics.get(m)) for m in data.metric_names})
+            rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def _arrow_safe(frame: pd.DataFrame) -> pd.DataFrame:

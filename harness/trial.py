@@ -33,6 +33,8 @@ from harness.records import (
 )
 
 log = logging.getLogger("harness.trial")
+# Processes of a data-parallel (torchrun) trial; read at start, before rank 0 goes on alone.
+_WORLD_SIZE = int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def new_record(cfg: DictConfig, trial_dir: Path) -> TrialRecord:
@@ -198,8 +200,31 @@ def _record_memory(record: TrialRecord) -> None:
 
         if torch.cuda.is_available():
             record.gpu_max_allocated_mb = torch.cuda.max_memory_allocated() / 2**20
+        record.extra["device"] = _device(torch)
     except ImportError:
         pass
+
+
+def _device(torch) -> dict:
+    """The GPU (name, count) or CPU (name, torch threads) the trial ran on, for the report's
+    environment and GPU-/CPU-hours."""
+    if torch.cuda.is_available():
+        return {"type": "cuda", "name": torch.cuda.get_device_name(0), "count": _WORLD_SIZE,
+                "visible": torch.cuda.device_count()}
+    return {"type": "cpu", "name": _cpu_name(), "threads": torch.get_num_threads()}
+
+
+def _cpu_name() -> str:
+    """The CPU model (/proc/cpuinfo on Linux), else the machine type."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,12 +3,14 @@
 The main sweep uses sqlite storage in the sweep folder, as the default config does; the small
 side cases use the journal storage, which is quicker to create.
 
-`make_sweep` writes the folder layout of harness.sweep with fake but plausible records; the
-benchmark (benchmarks/report_scale.py) reuses it for a 500-trial sweep.
+`make_sweep` writes the folder layout of harness.sweep with fake but plausible records and
+`make_replicates` adds harness.replicate runs; the benchmark (benchmarks/report_scale.py) and
+the browser test (tests/test_browser.py) reuse them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import re
@@ -46,18 +48,21 @@ PARAMS = {
 PROMPTS = ["Summarize the following report in one sentence.\nThe bridge project ...",
            "What is the capital of Veloria?", "Reverse the list: a, b, c"]
 VERSIONS = {"harness": "0.1.0", "torch": "2.13.0", "transformers": "5.1.0", "optuna": "5.0.0"}
+GPU = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "count": 1}
+LM_EVAL_TASKS = ("embedded_facts_mc/acc", "embedded_lists_gen/exact_match")
+MT_BENCH_CATEGORIES = ("writing", "math", "reasoning")
 
 
 # -- a synthetic sweep -----------------------------------------------------------------------
 def make_sweep(root: Path, n_trials: int = 8, *, statuses: dict[int, str] | None = None,
                objectives: tuple = (("perplexity", "minimize"),), history: int = 30,
                no_result: tuple[int, ...] = (), seed: int = 0, storage: str = "sqlite",
-               extra_metrics: int = 0) -> Path:
+               extra_metrics: int = 0, evals: bool = False, name: str = "synthetic") -> Path:
     """A sweep folder like harness.sweep writes; trials not in `statuses` are COMPLETE.
 
-    extra_metrics adds that many lm-eval style tasks (`lm_eval/task<i>/acc` and `..._stderr`).
+    extra_metrics adds that many lm-eval style tasks (`lm_eval/task<i>/acc` and `..._stderr`);
+    evals adds lm-eval and MT-Bench metrics as harness.battery names them (base model too).
     """
-    name = "synthetic"
     sweep_dir = root / "sweeps" / name
     (sweep_dir / "trials").mkdir(parents=True)
     cfg = _sweep_cfg(name, sweep_dir, objectives, storage)
@@ -65,7 +70,7 @@ def make_sweep(root: Path, n_trials: int = 8, *, statuses: dict[int, str] | None
     study = optuna.create_study(study_name=name, storage=make_storage(cfg.storage),
                                 directions=[d for _, d in objectives],
                                 sampler=optuna.samplers.RandomSampler(seed=seed))
-    _write_baseline(sweep_dir)
+    _write_baseline(sweep_dir, evals)
     rng = random.Random(seed)
     space = parse_space(cfg.sweep.params)
     for _ in range(n_trials):
@@ -79,6 +84,8 @@ def make_sweep(root: Path, n_trials: int = 8, *, statuses: dict[int, str] | None
         record = _record(trial.number, status, values, trial_dir, rng, history)
         if status == COMPLETE:
             record.metrics.update(_extra_metrics(extra_metrics, rng))
+            if evals:
+                record.metrics.update(eval_metrics(rng, 0.05))
         write_record(record, trial_dir)
         _tell(study, trial.number, record, objectives)
     return sweep_dir
@@ -100,14 +107,32 @@ def _sweep_cfg(name: str, sweep_dir: Path, objectives: tuple, storage: str):
     })
 
 
-def _write_baseline(sweep_dir: Path) -> None:
+def eval_metrics(rng: random.Random, gain: float) -> dict:
+    """lm-eval per-task and MT-Bench per-category metrics, named as harness.battery does."""
+    out = {}
+    for task in LM_EVAL_TASKS:
+        out[f"lm_eval/{task}"] = 0.3 + gain + rng.uniform(0, 0.1)
+        out[f"lm_eval/{task}_stderr"] = 0.04
+    scores = {c: 3 + 20 * gain + rng.uniform(0, 2) for c in MT_BENCH_CATEGORIES}
+    out.update({f"mt_bench/{c}": v for c, v in scores.items()})
+    out.update({"mt_bench/score": sum(scores.values()) / len(scores),
+                "mt_bench/turn1": 4.0 + gain, "mt_bench/turn2": 3.0 + gain,
+                "mt_bench/judged": 12.0, "mt_bench/unparseable": 0.0,
+                "mt_bench/judge_errors": 0.0})
+    return out
+
+
+def _write_baseline(sweep_dir: Path, evals: bool = False) -> None:
     base_dir = sweep_dir / "baseline" / "0123456789ab"
     base_dir.mkdir(parents=True)
     samples = [{"prompt": p, "reference": f"reference {i}", "generation": f"base says {i}"}
                for i, p in enumerate(PROMPTS)]
     samples[0]["generation"] = f"base {XSS_SCRIPT}"
+    metrics = _metrics(20.0, 0.10)
+    if evals:
+        metrics.update(eval_metrics(random.Random(1), 0.0))
     write_record(TrialRecord(number=-1, status=COMPLETE, method="base",
-                             metrics=_metrics(20.0, 0.10), eval_seconds=12.0,
+                             metrics=metrics, eval_seconds=12.0,
                              wall_seconds=15.0, peak_rss_mb=900.0, total_params=135_000_000,
                              samples=samples, versions=VERSIONS, git_commit="abc123"),
                  base_dir)
@@ -141,7 +166,7 @@ def _record(number: int, status: str, values: dict, trial_dir: Path, rng: random
         trainable_params=rank * 100_000, total_params=135_000_000,
         loss_history=_loss_history(history, quality),
         log_path=str(trial_dir / "trial.log"), config_path=str(trial_dir / "config.yaml"),
-        versions=VERSIONS, git_commit="abc123")
+        versions=VERSIONS, git_commit="abc123", extra={"device": dict(GPU)}, seed=42)
     if status == COMPLETE:
         record.metrics = _metrics(14.0 - 2.5 * quality, 0.2 + 0.05 * quality)
         record.samples = [{"prompt": p, "reference": f"reference {i}",
@@ -173,6 +198,37 @@ def _loss_history(n: int, quality: float) -> list[dict]:
             row["eval_loss"] = row["loss"] + 0.1
         rows.append(row)
     return rows
+
+
+def make_replicates(sweep_dir: Path, spread: dict[int, float], seeds: tuple[int, ...] = (1, 2, 3),
+                    *, failed: tuple[int, ...] = (), generation: str | None = None) -> None:
+    """Replicate records (harness.replicate's layout) of the given trials: each seed's metrics
+    are the trial's plus a seeded offset of +-spread (relative) on perplexity and rouge.
+
+    failed: seeds whose replicate FAILED; generation: text put in every replicate's samples.
+    """
+    from harness.records import read_record
+    from harness.replicate import replicate_dir
+
+    for number, size in spread.items():
+        source = read_record(sweep_dir / "trials" / f"{number:04d}")
+        for seed in seeds:
+            rng = random.Random(1000 * number + seed)
+            out = replicate_dir(sweep_dir, number, seed)
+            out.mkdir(parents=True)
+            record = TrialRecord.from_dict(json.loads(source.to_json()))
+            record.seed, record.log_path = seed, str(out / "trial.log")
+            (out / "trial.log").write_text(f"replicate of trial {number}, seed {seed}\n")
+            factor = 1 + rng.uniform(-size, size)
+            record.metrics = {k: v * factor if k.startswith(("perplexity", "rouge")) else v
+                              for k, v in source.metrics.items()}
+            if generation is not None:
+                record.samples = [{**s, "generation": generation} for s in record.samples]
+            if seed in failed:
+                record.status, record.metrics = FAILED, {}
+                record.error = TrialError("OutOfMemoryError", f"replicate seed {seed} OOM",
+                                          record.log_path)
+            write_record(record, out)
 
 
 def _tell(study: optuna.Study, number: int, record: TrialRecord, objectives: tuple) -> None:
@@ -367,3 +423,243 @@ def test_failing_section_keeps_report_and_plotlyjs(tmp_path: Path, monkeypatch) 
     page = write_report(sweep, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "RuntimeError: boom &lt;b&gt;" in section(page, "history")
     assert page.count(plotly_marker()) == 1
+
+
+# -- quality against cost --------------------------------------------------------------------
+def test_cost_columns_in_table_and_exports(sweep: Path, tmp_path: Path) -> None:
+    data = load_sweep(sweep)
+    frame = data.trials.set_index("number")
+    best = data.best
+    row = frame.loc[best.number]
+    assert row["peak_memory_mb"] == best.gpu_max_allocated_mb      # GPU trial: GPU memory
+    assert row["compute_unit"] == "GPU-h"
+    assert row["compute_hours"] == pytest.approx(best.wall_seconds / 3600)
+    assert row["trainable_pct"] == pytest.approx(100 * best.trainable_params / best.total_params)
+    assert pd.isna(frame.loc[6, "compute_hours"])                    # no record, no cost
+    parquet = pd.read_parquet(write_exports(sweep, tmp_path / "e")["parquet"])
+    assert {"peak_memory_mb", "compute_hours", "trainable_pct"} <= set(parquet.columns)
+
+
+def test_compute_hours_cpu_uses_threads() -> None:
+    record = TrialRecord(number=0, status=COMPLETE, method="lora", wall_seconds=1800.0,
+                         peak_rss_mb=700.0, extra={"device": {"type": "cpu", "threads": 4}})
+    assert report.compute_hours(record) == (pytest.approx(2.0), "CPU-h")
+    assert report.peak_memory_mb(record) == 700.0
+    gpu = TrialRecord(number=1, status=COMPLETE, method="lora", wall_seconds=3600.0,
+                      gpu_max_allocated_mb=5000.0, extra={"device": {"type": "cuda",
+                                                                     "count": 2}})
+    assert report.compute_hours(gpu) == (pytest.approx(2.0), "GPU-h")
+
+
+def test_front_2d() -> None:
+    points = [(1.0, 10.0, "a"), (2.0, 8.0, "b"), (3.0, 9.0, "c"), (4.0, 5.0, "d"),
+              (4.0, 7.0, "e"), (0.5, 12.0, "f")]
+    assert report.front_2d(points, sign=1.0) == ["f", "a", "b", "d"]      # minimize y
+    assert report.front_2d(points, sign=-1.0) == ["f"]                     # maximize y
+
+
+def test_leaderboard_ranks_with_costs(page: str, sweep: Path) -> None:
+    data = load_sweep(sweep)
+    board = section(page, "leaderboard")
+    rows = re.findall(r"<tr><td>(\d+)</td><td>#(\d+)</td>", board)
+    assert [int(n) for _, n in rows] == [r.number for r in data.ranked]
+    assert "GPU-h" in board and "GB" in board and "%" in board
+
+
+def test_cost_section_draws_both_fronts(page: str, sweep: Path) -> None:
+    cost = section(page, "cost")
+    assert cost.count('class="plotly-graph-div"') == 1
+    assert "against peak memory" in cost and "against compute" in cost
+    data = load_sweep(sweep)
+    cheapest = min(data.ranked, key=report.peak_memory_mb)
+    assert f"#{cheapest.number}</td>" in cost.split("against compute")[0]  # on the memory front
+    assert "GPU-h" in cost
+
+
+def test_multi_objective_front_is_non_dominated(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path, 10, objectives=(("perplexity", "minimize"),
+                                                 ("rouge1", "maximize")), storage="journal")
+    data = load_sweep(sweep)
+    front = {r.number for r in data.pareto}
+    assert set(data.trials.loc[data.trials["pareto"], "number"]) == front
+    page = write_report(sweep, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<th>Pareto</th>" in section(page, "leaderboard")
+    for r in data.records:   # every trial off the front is dominated by one on it
+        if r.number not in front:
+            assert any(data.records[f].metrics["perplexity"] <= r.metrics["perplexity"]
+                       and data.records[f].metrics["rouge1"] >= r.metrics["rouge1"]
+                       for f in front)
+
+
+# -- the full picture --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def eval_page(tmp_path_factory) -> str:
+    root = tmp_path_factory.mktemp("evals")
+    sweep = make_sweep(root, 6, evals=True, storage="journal")
+    return write_report(sweep, root / "r.html").read_text(encoding="utf-8")
+
+
+def test_lm_eval_per_task_and_mt_bench_per_category(eval_page: str) -> None:
+    lm = section(eval_page, "lm-eval")
+    assert lm.count('class="plotly-graph-div"') == 1
+    for task in LM_EVAL_TASKS:
+        assert task in lm
+    assert "base model" in lm and "best #" in lm
+    mt = section(eval_page, "mt-bench")
+    assert mt.count('class="plotly-graph-div"') == 1
+    for category in (*MT_BENCH_CATEGORIES, "score", "turn1", "turn2"):
+        assert category in mt
+    assert "judge_errors" in mt
+
+
+def test_lm_eval_and_mt_bench_absent_say_why(page: str) -> None:
+    assert "No lm-eval metrics recorded" in section(page, "lm-eval")
+    assert "No MT-Bench metrics recorded" in section(page, "mt-bench")
+
+
+def test_every_issue_section_is_on_the_page(eval_page: str) -> None:
+    expected = ["summary", "leaderboard", "trials", "best", "replicates", "cost", "history",
+                "parallel",
+                "importance", "metrics", "loss", "lm-eval", "mt-bench", "methods", "samples",
+                "failures", "config-diff", "environment"]
+    assert re.findall(r'<section id="([^"]+)"', eval_page)[:3] == expected[:3]
+    for sid in expected:
+        assert section(eval_page, sid)
+    loss = section(eval_page, "loss")
+    assert "train loss" in loss and "eval loss" in loss
+    assert "could not be made" not in eval_page and "not drawn" not in eval_page
+
+
+def test_environment_names_the_gpu(page: str) -> None:
+    env = section(page, "environment")
+    assert "GPU: NVIDIA H100 80GB HBM3 x 1" in env
+    assert "abc123" in env and "2.13.0" in env
+
+
+# -- replicates ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory) -> Path:
+    """Trials 0-7; the best two and the worst complete one replicated with three more seeds."""
+    root = tmp_path_factory.mktemp("replicated")
+    sweep = make_sweep(root, 8, statuses={2: FAILED}, storage="journal")
+    data = load_sweep(sweep)
+    first, second, worst = data.ranked[0], data.ranked[1], data.ranked[-1]
+    make_replicates(sweep, {first.number: 0.02, second.number: 0.02, worst.number: 0.01},
+                    )
+    make_replicates(sweep, {first.number: 0.02}, seeds=(7,), failed=(7,))
+    return sweep
+
+
+def test_replicate_groups_and_best_group(replicated: Path) -> None:
+    data = load_sweep(replicated)
+    assert len(data.groups) == 3
+    for group in data.groups.values():
+        assert group.seeds()[0] == 42 and sorted(group.seeds()[1:]) == [1, 2, 3]
+        assert len(group.values("perplexity")) == 4                 # FAILED seed 7 left out
+    assert data.best_group.number in {data.ranked[0].number, data.ranked[1].number}
+
+
+def test_replicates_section_shows_cis_and_verdicts(replicated: Path, tmp_path: Path) -> None:
+    data = load_sweep(replicated)
+    page = write_report(replicated, tmp_path / "r.html").read_text(encoding="utf-8")
+    rep = section(page, "replicates")
+    worst = data.ranked[-1]
+    assert "bootstrap" in rep and "95% CI" in rep
+    assert rep.count('class="plotly-graph-div"') == 1
+    assert "best configuration (reference)" in rep
+    worst_row = next(row for row in rep.split("<tr>") if f"#{worst.number} " in row)
+    assert "worse than the best" in worst_row                      # clearly separated
+    assert "Per method" in rep and "Pairs of configurations" in rep
+    for method in {g.method for g in data.groups.values()}:
+        assert f"<td>{method}</td>" in rep
+    summary = section(page, "summary")
+    assert "across 4 seeds" in summary or "by mean over seeds" in summary
+    assert "seed 7 (replicate)" in section(page, "failures")
+
+
+def test_close_configurations_are_not_distinguishable(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path, 3, storage="journal")
+    data = load_sweep(sweep)
+    a, b = data.ranked[0], data.ranked[1]
+    for record in (a, b):          # make the two trials' perplexity nearly equal
+        path = sweep / "trials" / f"{record.number:04d}"
+        record.metrics["perplexity"] = 10.0 + 0.001 * record.number
+        write_record(record, path)
+    make_replicates(sweep, {a.number: 0.05, b.number: 0.05})
+    page = write_report(sweep, tmp_path / "r.html").read_text(encoding="utf-8")
+    rep = section(page, "replicates")
+    assert "not distinguishable from the best (CI of the difference contains 0)" in rep
+    assert "not distinguishable from it" in section(page, "summary")
+
+
+def test_single_seed_headline_says_no_ci(page: str) -> None:
+    assert "one run per configuration, so no confidence interval" in section(page, "summary")
+    assert "action=replicate" in section(page, "replicates")
+
+
+def test_replicates_exported(replicated: Path, tmp_path: Path) -> None:
+    paths = write_exports(replicated, tmp_path / "e")
+    frame = pd.read_csv(paths["replicates"])
+    assert len(frame) == 3 * 4 + 1                     # 3 configs x (trial + 3 seeds) + failed
+    assert set(frame["seed"]) == {42, 1, 2, 3, 7}
+
+
+def test_ci_settings_change_the_report(replicated: Path, tmp_path: Path) -> None:
+    from harness.uncertainty import CISettings
+
+    t_page = write_report(replicated, tmp_path / "t.html").read_text(encoding="utf-8")
+    p_page = write_report(replicated, tmp_path / "p.html",
+                          CISettings(method="percentile")).read_text(encoding="utf-8")
+    assert "Student-t" in section(t_page, "replicates")
+    assert "percentile bootstrap" in section(p_page, "replicates")
+
+
+# -- across sweeps ----------------------------------------------------------------------------
+def test_compare_two_sweeps(tmp_path: Path) -> None:
+    from harness.compare import compare_file_name, write_compare
+
+    a = make_sweep(tmp_path, 5, name="qlora_rank", storage="journal", seed=1)
+    b = make_sweep(tmp_path, 5, name="lora_lr", storage="journal", seed=2, evals=True)
+    make_replicates(a, {load_sweep(a).best.number: 0.02})
+    out = write_compare([a, b], tmp_path / compare_file_name(["qlora_rank", "lora_lr"]))
+    assert out.name == "compare-qlora_rank-lora_lr.html"
+    page = out.read_text(encoding="utf-8")
+    assert page.count(plotly_marker()) == 1
+    best = min((load_sweep(a).best, load_sweep(b).best),
+               key=lambda r: r.metrics["perplexity"])
+    assert f"trial #{best.number}" in section(page, "summary")
+    shared = section(page, "shared")
+    assert "perplexity" in shared and "rougeL" in shared
+    assert "mt_bench/score" not in shared                          # only one sweep has it
+    assert section(page, "distributions").count('class="plotly-graph-div"') == 1
+    assert section(page, "cost").count('class="plotly-graph-div"') == 1
+    assert "<td>qlora_rank</td><td>#" in section(page, "replicates")
+    assert "42, 1, 2, 3" in section(page, "replicates")
+    assert "<img src=x" not in without_plotlyjs(page)
+
+
+def test_compare_file_name_is_safe() -> None:
+    from harness.compare import compare_file_name
+
+    assert compare_file_name(["a/b", "c d"]) == "compare-a_b-c_d.html"
+    long = compare_file_name([f"sweep_{i:03d}_with_a_long_name" for i in range(10)])
+    assert len(long) < 80 and long.startswith("compare-sweep_000")
+
+
+def test_cli_compare_and_errors(tmp_path: Path, monkeypatch, capsys) -> None:
+    from harness.cli import main
+
+    make_sweep(tmp_path, 3, name="one", storage="journal")
+    make_sweep(tmp_path, 3, name="two", storage="journal")
+    monkeypatch.chdir(tmp_path)
+    sweeps = f"paths.sweeps={tmp_path / 'sweeps'}"
+    assert main(["action=compare", "compare.sweeps=[one,two]", sweeps]) == 0
+    assert (tmp_path / "reports" / "compare-one-two.html").is_file()
+    assert main(["action=compare", "compare.sweeps=[one]", sweeps]) == 2
+    assert main(["action=compare", "compare.sweeps=[one,nope]", sweeps]) == 2
+    assert main(["action=frobnicate"]) == 2
+    assert main(["action=compare", "compare.sweeps=[one,two]", sweeps,
+                 "replicate.ci.method=bogus"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert all(line.startswith("harness: error: ") for line in err) and len(err) == 4
+    assert "compare.sweeps" in err[0] and "nope" in err[1] and "frobnicate" in err[2]
