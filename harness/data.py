@@ -66,7 +66,8 @@ def _from_datasets(path: str, spec: DictConfig, required: list[str], local: bool
     import datasets
 
     try:
-        if local and Path(path, "dataset_info.json").exists():
+        saved = ("dataset_info.json", "dataset_dict.json")  # Dataset / DatasetDict.save_to_disk
+        if local and any(Path(path, name).exists() for name in saved):
             ds = datasets.load_from_disk(path)
             ds = ds[spec.get("split", "train")] if isinstance(ds, datasets.DatasetDict) else ds
         else:
