@@ -44,7 +44,20 @@ def compose_config(overrides: list[str]) -> DictConfig:
         mark = getattr(exc, "problem_mark", None)
         where = f"{mark.name}:{mark.line + 1}: " if mark else ""
         raise ConfigError(f"{where}invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    _apply_alpha_ratio(cfg)
     return cfg
+
+
+def _apply_alpha_ratio(cfg: DictConfig) -> None:
+    """Write alpha = rank * alpha_ratio into every LoRA block that sets a ratio, so the saved
+    trial config shows the alpha that trained (a ratio <= 0 is left for validation to name)."""
+    method = cfg.get("method")
+    for block in (method, method.get("sft") if method else None):
+        lora = block.get("lora") if block is not None else None
+        ratio = lora.get("alpha_ratio") if lora is not None else None
+        if isinstance(ratio, int | float) and not isinstance(ratio, bool) and ratio > 0 \
+                and isinstance(lora.get("rank"), int):
+            lora.alpha = float(lora.rank) * float(ratio)
 
 
 def _first_line(exc: BaseException) -> str:

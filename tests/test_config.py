@@ -37,6 +37,7 @@ def test_hub_model_configs(name, expected):
 def test_alpha_ratio_sets_alpha():
     cfg = compose_config(["method.lora.rank=8", "method.lora.alpha_ratio=2"])
     assert lora_alpha(cfg.method.lora) == 16.0
+    assert cfg.method.lora.alpha == 16.0        # the saved trial config shows the real alpha
     assert lora_alpha(compose_config(["method.lora.rank=8"]).method.lora) == 32.0
 
 
