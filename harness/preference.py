@@ -13,12 +13,15 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from harness.data import DataError, is_local_file, limit, load_rows
-from harness.train import LossHistory, TrainResult, optimizer_name
+
+if TYPE_CHECKING:   # harness.train imports transformers' Trainer (seconds): only when training
+    from harness.train import LossHistory, TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,8 @@ def prompt_text(row: dict) -> str:
 
 def _common_args(method: DictConfig, output_dir: Path, seed: int, model_cfg: DictConfig) -> dict:
     """TrainingArguments shared by the DPO, reward, GRPO and PPO configs."""
+    from harness.train import optimizer_name
+
     train = method.train
     return dict(
         output_dir=str(output_dir),
@@ -155,6 +160,8 @@ def _steps(train: DictConfig) -> dict:
 
 
 def _run(trainer, history: LossHistory) -> TrainResult:
+    from harness.train import TrainResult
+
     start = time.perf_counter()
     trainer.train()
     return TrainResult(seconds=time.perf_counter() - start, steps=trainer.state.global_step,
@@ -175,6 +182,8 @@ def train_dpo(model, tokenizer, method: DictConfig, model_cfg: DictConfig, rows:
     """DPO on a (PEFT or full) policy; full runs pass a frozen `ref_model` copy."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
+
+    from harness.train import LossHistory
 
     dpo = method.dpo
     args = DPOConfig(**_common_args(method, output_dir, seed, model_cfg), **_steps(method.train),
@@ -219,6 +228,8 @@ def train_reward(init_dir: str | Path, method: DictConfig, model_cfg: DictConfig
     """Train a reward model (full or LoRA) from `init_dir`; returns (merged model, result)."""
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
+
+    from harness.train import LossHistory
 
     model, tokenizer = load_reward_model(init_dir, model_cfg)
     peft_config = None
@@ -270,6 +281,7 @@ def train_ppo(sft_dir: str | Path, reward_dir: str | Path, method: DictConfig,
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
     from harness.modeling import DTYPES, lora_config
+    from harness.train import LossHistory, TrainResult
 
     tokenizer = AutoTokenizer.from_pretrained(str(sft_dir), padding_side="left")
     if tokenizer.pad_token is None:
@@ -319,6 +331,8 @@ def train_grpo(model, tokenizer, reward_dir: str | Path, method: DictConfig,
     """GRPO (trl GRPOTrainer) on the SFT policy with the reward stage as reward function."""
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
+
+    from harness.train import LossHistory
 
     reward, reward_tok = load_reward_model(reward_dir, model_cfg)
     grpo = method.grpo

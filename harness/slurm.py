@@ -416,7 +416,8 @@ class SlurmLauncher:
             with submitit.helpers.clean_env(), self.executor.batch():
                 submitted = [self.executor.submit(self.task, str(d)) for d in trial_dirs]
         except FailedJobError as exc:
-            raise SubmitError(f"sbatch refused the trial job: {sbatch_error(str(exc))}") from None
+            raise SubmitError(f"sbatch refused the trial job: {sbatch_error(str(exc))} "
+                              f"({request_text(self.executor.parameters)})") from None
         jobs = []
         for trial_dir, sub in zip(trial_dirs, submitted, strict=True):
             job = SlurmTrialJob(trial_dir, sub.job_id, self.folder, self.queue,
@@ -477,7 +478,16 @@ def test_request(params: dict, folder: Path) -> None:
             log.warning("sbatch --test-only did not answer in %.0f s", QUERY_TIMEOUT_S)
             return
     if done.returncode != 0:
-        raise SubmitError(f"sbatch refused the trial job: {sbatch_error(done.stderr)}")
+        raise SubmitError(f"sbatch refused the trial job: {sbatch_error(done.stderr)} "
+                          f"({request_text(params)})")
+
+
+def request_text(params: dict) -> str:
+    """What a trial job asks for (its sbatch options), for error messages."""
+    keys = ("partition", "nodes", "cpus_per_task", "gpus_per_node", "mem", "constraint", "qos",
+            "account")
+    shown = [f"{key}={params[key]}" for key in keys if params.get(key)]
+    return "asked: " + ", ".join(shown)
 
 
 def partition_nodes(partition: str | None) -> int:

@@ -90,6 +90,10 @@ def prepare(cli_overrides: list[str]) -> Sweep:
     _check_sweep_fields(sweep)
     make_sampler(cfg.sweep.sampler, space, len(sweep.objectives))
     make_pruner(cfg.sweep.pruner)
+    if cfg.launcher.get("name") == "slurm":   # launcher and storage settings, before any job
+        from harness.slurm import check_slurm_config
+
+        check_slurm_config(cfg)
     for values in probe_points(space):
         validate_trial_config(trial_config(sweep, values))
     return sweep
@@ -168,6 +172,11 @@ def open_study(sweep: Sweep) -> optuna.Study:
             study.enqueue_trial(OmegaConf.to_container(params), skip_if_exists=True)
         study.set_user_attr("enqueued", True)
         study.set_metric_names([m for m, _ in sweep.objectives])
+    resumed = len(study.get_trials(deepcopy=False))
+    seed = cfg.sweep.sampler.get("seed")
+    if resumed and seed is not None:   # the first run's seed would repeat its first asks
+        sampler_cfg = OmegaConf.merge(cfg.sweep.sampler, {"seed": int(seed) + resumed})
+        study.sampler = make_sampler(sampler_cfg, sweep.space, len(sweep.objectives))
     return study
 
 
@@ -270,6 +279,7 @@ class Driver:
         return TrialRecord(number=number, status=FAILED, method=str(cfg.method.name),
                            params=OmegaConf.to_container(cfg.trial.params), seed=int(cfg.seed),
                            log_path=str(job.trial_dir / "trial.log"),
+                           job=job.info() if hasattr(job, "info") else {},
                            error=TrialError("JobLost", job.failure_reason(),
                                             str(job.trial_dir / "trial.log")))
 
@@ -367,10 +377,10 @@ def _deadline(timeout_min) -> float | None:
 
 def run(sweep: Sweep) -> optuna.Study:
     """Run (or resume) the sweep to completion; returns the study."""
+    launcher = make_launcher(sweep.cfg)   # refuses an impossible request before any write
     sweep.dir.mkdir(parents=True, exist_ok=True)
     (sweep.dir / SWEEP_FILE).write_text(to_yaml(sweep.cfg))
     study = open_study(sweep)
-    launcher = make_launcher(sweep.cfg)
     try:
         with sweep_judge(sweep.cfg, sweep.dir):  # one local judge server for all trials
             Driver(sweep, study, launcher).run()

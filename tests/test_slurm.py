@@ -20,18 +20,20 @@ from pathlib import Path
 import pytest
 
 from harness import slurm
-from harness.config import ConfigError, compose_config
+from harness.config import ConfigError, compose_config, resolve_paths, to_yaml
 from harness.records import COMPLETE, FAILED, read_record
 from tests.conftest import REPO, run_cli
 
 IN_CI = os.environ.get("CI") == "true"
+CACHE = os.environ.get("HARNESS_CACHE", str(REPO / ".cache" / "harness"))
 # Trials small enough for a 2-CPU cluster: a few steps, a small eval, no lm-eval/MT-Bench.
 FAST = [
-    "launcher=slurm", "storage=journal", "sweep=lora_lr",
+    "launcher=slurm", "sweep=lora_lr",             # storage: journal, launcher=slurm's default
     "launcher.parallel=2", "launcher.array_parallelism=2", "launcher.poll_seconds=1",
     "launcher.timeout_min=15", "launcher.signal_delay_s=60",
     "sweep.pruner.n_warmup_steps=1000",          # report eval loss to the study, never prune
     "method.train.max_steps=10", "method.train.eval_steps=5", "method.train.logging_steps=5",
+    "data.max_train_samples=200",
     "eval.rouge.max_samples=8", "eval.perplexity.max_texts=20",
     "eval.lm_eval.enabled=false", "eval.mt_bench.enabled=false",
     "data.preference.metrics.enabled=false",
@@ -53,6 +55,16 @@ def test_sqlite_is_refused_for_multi_node_trials():
     with pytest.raises(ConfigError, match="storage=sqlite cannot be shared.*journal"):
         slurm.check_slurm_config(_cfg("storage=sqlite", "launcher.nodes=2"))
     slurm.check_slurm_config(_cfg("launcher.nodes=2"))         # journal: fine
+
+
+def test_sweep_refuses_sqlite_for_multi_node_before_writing(tmp_path):
+    from harness.sweep import prepare
+
+    with pytest.raises(ConfigError, match="storage=sqlite cannot be shared by trials running "
+                                          "on 2 nodes"):
+        prepare(["launcher=slurm", "storage=sqlite", "launcher.nodes=2",
+                 f"paths.sweeps={tmp_path}"])
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("override, field", [
@@ -228,26 +240,39 @@ def test_sweep_on_slurm_resumes_after_driver_kill(cluster, tmp_path):
     args = [*FAST, f"sweep.name={sweep}", "sweep.n_trials=4"]
     driver = start_driver(args, tmp_path)
     try:
-        def one_done_one_running() -> bool:
+        def done_and_refilled() -> bool:
+            """A trial ended and the driver already submitted its replacement: it is back to
+            polling, not between asking a trial and submitting it."""
             driver_alive(driver, tmp_path)
             dirs = trial_dirs(tmp_path, sweep)
             done = [d for d in dirs if (d / "result.json").exists()]
             live = [d for d in dirs if job_id(d) and not (d / "result.json").exists()]
-            submitted = all(job_id(d) for d in dirs)   # not between asking and submitting
-            return bool(done) and bool(live) and submitted
+            return len(done) >= 1 and len(live) == 2 and all(job_id(d) for d in dirs)
 
-        wait_until(one_done_one_running, 400, "one trial done and one in flight")
+        wait_until(done_and_refilled, 400, "a finished trial and two in flight")
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait(30)
-    rerun = run_cli(args, tmp_path, timeout=600)
+    in_flight = [d.name for d in trial_dirs(tmp_path, sweep)
+                 if job_id(d) and not (d / "result.json").exists()]
+    rerun = run_cli(args, tmp_path, timeout=600, env={"HARNESS_LOG": "INFO"})
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert "4 complete" in rerun.stdout, rerun.stdout
+    # the jobs the killed driver left queued or running were picked up, not submitted again
+    reattached = rerun.stderr.count("still running: re-attached")
+    assert reattached == len([n for n in in_flight if not _finished_before(tmp_path, sweep, n)])
 
     study = load_study(tmp_path, sweep)
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4
-    assert all(t.intermediate_values for t in study.trials)    # eval loss reported from jobs
-    for trial_dir in trial_dirs(tmp_path, sweep):
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 4
+    # anything else is a trial the killed driver had asked but not submitted: retried
+    assert all(t.user_attrs.get("retried_as_new_trial") for t in study.trials
+               if t.state.name != "COMPLETE")
+    assert all(t.intermediate_values for t in complete)    # eval loss reported from the jobs
+    # the resumed driver's sampler does not repeat the first driver's suggestions
+    assert len({tuple(sorted(t.params.items())) for t in complete}) == 4
+    submitted = [d for d in trial_dirs(tmp_path, sweep) if job_id(d)]
+    for trial_dir in submitted:
         record = read_record(trial_dir)
         assert record.status == COMPLETE, record.error
         assert record.job["job_id"] == job_id(trial_dir)
@@ -256,28 +281,47 @@ def test_sweep_on_slurm_resumes_after_driver_kill(cluster, tmp_path):
         log_text = Path(record.job["stdout"]).read_text()
         assert log_text.count("Starting with JobEnvironment") == 1, "trial ran twice"
     # every trial job was submitted once (+1: the base model's job)
-    assert len(sacct_jobs(f"harness-{sweep}")) == len(trial_dirs(tmp_path, sweep)) + 1
+    assert len(sacct_jobs(f"harness-{sweep}")) == len(submitted) + 1
     assert (tmp_path / "reports" / f"{sweep}.html").is_file()
+
+
+def _finished_before(cwd: Path, sweep: str, name: str) -> bool:
+    """The trial's job ended while no driver ran (the rerun tells its record, no re-attach)."""
+    record = read_record(cwd / "sweeps" / sweep / "trials" / name)
+    return record is not None and record.extra.get("job_seconds") is None
 
 
 @pytest.fixture(scope="module")
 def faults_sweep(cluster, tmp_path_factory) -> tuple[Path, str, subprocess.CompletedProcess]:
-    """3 trials, 2 at a time: trial 0 is scancel'ed and trial 1 requeued mid-training."""
+    """3 trials, 2 at a time: trial 0 is scancel'ed, then, mid-training, trial 1 is requeued
+    with `scontrol requeue` and trial 2 is sent SIGUSR2 (what SLURM sends launcher.signal_delay_s
+    before the time limit) with `scancel --signal=USR2`."""
     cwd = tmp_path_factory.mktemp("faults")
     sweep = f"ci_faults_{os.getpid()}"
-    args = [*FAST, f"sweep.name={sweep}", "sweep.n_trials=3", "method.train.max_steps=80",
-            "method.train.eval_steps=40", "method.train.save_steps=0"]   # on-signal save only
+    args = [*FAST, f"sweep.name={sweep}", "sweep.n_trials=3", "method.train.max_steps=40",
+            "method.train.eval_steps=20", "method.train.save_steps=0"]   # on-signal save only
     driver = start_driver(args, cwd)
     try:
-        def both_training() -> bool:
-            driver_alive(driver, cwd)
-            dirs = trial_dirs(cwd, sweep)[:2]
-            return len(dirs) == 2 and all(trained_steps(d) >= 5 for d in dirs)
+        def started(index: int, min_steps: int) -> Callable[[], bool]:
+            """Trial `index` runs in its job (its log names it) with >= min_steps trained."""
+            def check() -> bool:
+                driver_alive(driver, cwd)
+                dirs = trial_dirs(cwd, sweep)
+                if len(dirs) <= index or not job_id(dirs[index]):
+                    return False
+                log = dirs[index] / "trial.log"
+                return log.exists() and "in SLURM job" in log.read_text() and \
+                    trained_steps(dirs[index]) >= min_steps
+            return check
 
-        wait_until(both_training, 400, "trials 0 and 1 training")
-        first, second = trial_dirs(cwd, sweep)[:2]
-        subprocess.run(["scancel", job_id(first)], check=True, timeout=30)
-        subprocess.run(["scontrol", "requeue", job_id(second)], check=True, timeout=30)
+        wait_until(started(0, 0), 300, "trial 0's job to start")
+        subprocess.run(["scancel", job_id(trial_dirs(cwd, sweep)[0])], check=True, timeout=30)
+        wait_until(started(1, 5), 300, "trial 1 training")
+        subprocess.run(["scontrol", "requeue", job_id(trial_dirs(cwd, sweep)[1])], check=True,
+                       timeout=30)
+        wait_until(started(2, 5), 300, "trial 2 training")
+        subprocess.run(["scancel", "--signal=USR2", job_id(trial_dirs(cwd, sweep)[2])],
+                       check=True, timeout=30)
         driver.wait(timeout=600)
     finally:
         if driver.poll() is None:
@@ -290,41 +334,70 @@ def faults_sweep(cluster, tmp_path_factory) -> tuple[Path, str, subprocess.Compl
 def test_cancelled_trial_is_failed_with_reason_and_sweep_goes_on(faults_sweep):
     cwd, sweep, done = faults_sweep
     assert done.returncode == 0, done.stdout[-3000:]
+    assert f"sweep {sweep}: 2 complete, 1 fail" in done.stdout, done.stdout[-3000:]
     dirs = trial_dirs(cwd, sweep)
     cancelled = read_record(dirs[0])
     assert cancelled.status == FAILED
-    assert "cancelled (scancel)" in cancelled.error.message
-    assert job_id(dirs[0]) in cancelled.error.message
+    assert cancelled.error.message.startswith("cancelled (scancel)")
+    assert f"job {job_id(dirs[0])}" in cancelled.error.message
+    assert cancelled.job["job_id"] == job_id(dirs[0])
     assert read_record(dirs[2]).status == COMPLETE     # the sweep went on after the cancel
+    assert (cwd / "reports" / f"{sweep}.html").is_file()
+
+
+def _check_resumed(trial_dir: Path, signal_line: str) -> None:
+    record = read_record(trial_dir)
+    assert record.status == COMPLETE, record.error
+    assert record.job["restart_count"] >= 1
+    assert record.extra["resumed_from_step"] > 0       # from its checkpoint, not from step 0
+    assert record.extra["train_steps"] == 40
+    log_text = Path(record.job["stdout"]).read_text()
+    assert signal_line in log_text
+    assert f"resuming from {trial_dir}/checkpoints/checkpoint-" in log_text
+    # the loss log goes on from the checkpoint: no step trained twice after the resume
+    steps = [json.loads(line)["step"] for line in (trial_dir / "loss.jsonl").read_text()
+             .splitlines() if "\"loss\"" in line]
+    assert steps == sorted(set(steps)) and steps[-1] == 40, steps
 
 
 @pytest.mark.slurm
 def test_requeued_trial_resumes_from_its_checkpoint(faults_sweep):
     cwd, sweep, _ = faults_sweep
-    requeued = read_record(trial_dirs(cwd, sweep)[1])
-    assert requeued.status == COMPLETE, requeued.error
-    assert requeued.job["restart_count"] >= 1
-    assert requeued.extra["resumed_from_step"] > 0
-    assert requeued.extra["train_steps"] == 80
+    _check_resumed(trial_dirs(cwd, sweep)[1], "SIGTERM: job cancelled, requeued or preempted")
+
+
+@pytest.mark.slurm
+def test_signalled_trial_checkpoints_requeues_and_resumes(faults_sweep):
+    cwd, sweep, _ = faults_sweep
+    _check_resumed(trial_dirs(cwd, sweep)[2], "SIGUSR2: time limit ahead")
+
+
+@pytest.mark.slurm
+def test_impossible_request_fails_at_submit(cluster, tmp_path):
+    """The CLI: exit 2, one line with sbatch's reason, nothing queued and nothing written."""
+    sweep = f"ci_impossible_{os.getpid()}"
+    done = run_cli([*FAST, f"sweep.name={sweep}", "sweep.n_trials=1",
+                    "launcher.cpus_per_task=64"], tmp_path, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    line = done.stderr.strip().splitlines()[-1]
+    assert line == ("harness: error: sbatch refused the trial job: allocation failure: More "
+                    "processors requested than permitted (asked: nodes=1, cpus_per_task=64)")
+    assert sacct_jobs(f"harness-{sweep}") == []          # nothing was queued
+    assert not (tmp_path / "sweeps").exists()             # nor written
 
 
 @pytest.mark.slurm
 @pytest.mark.parametrize("override, message", [
-    ("launcher.cpus_per_task=64", "More processors requested than permitted"),
-    ("launcher.partition=no_such_partition", "invalid partition"),
-    ("launcher.gpus_per_node=2", "Invalid generic resource"),
+    ("launcher.partition=no_such_partition", "invalid partition specified: no_such_partition"),
+    ("launcher.gpus_per_node=2", "Invalid generic resource (gres) specification"),
+    ("launcher.mem_gb=100000", "Requested node configuration is not available"),
+    ("launcher.constraint=a100", "Invalid feature specification"),
 ])
-def test_impossible_request_fails_at_submit(cluster, tmp_path, override, message):
-    sweep = f"ci_impossible_{os.getpid()}"
-    start = time.time()
-    done = run_cli([*FAST, f"sweep.name={sweep}", "sweep.n_trials=1", override], tmp_path,
-                   timeout=120)
-    assert done.returncode == 2, done.stderr[-2000:]
-    lines = done.stderr.strip().splitlines()
-    assert lines[-1].startswith("harness: error: sbatch refused the trial job:")
-    assert message.lower() in lines[-1].lower()
-    assert time.time() - start < 120
-    assert sacct_jobs(f"harness-{sweep}") == []          # nothing was queued
+def test_impossible_requests_are_refused_by_the_launcher(cluster, tmp_path, override, message):
+    cfg = compose_config([*FAST, "sweep.name=ci_refused", f"paths.sweeps={tmp_path}", override])
+    with pytest.raises(slurm.SubmitError, match="sbatch refused the trial job") as info:
+        slurm.SlurmLauncher(cfg)
+    assert message in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.slurm
@@ -352,14 +425,23 @@ def test_job_that_raises_returns_its_traceback(cluster, tmp_path):
 
 @pytest.mark.slurm
 def test_data_parallel_trial_under_torchrun(cluster, tmp_path):
-    """nproc_per_node=2: the trial trains with 2 gloo ranks inside one 2-CPU job."""
-    sweep = f"ci_ddp_{os.getpid()}"
-    done = run_cli([*FAST, f"sweep.name={sweep}", "sweep.n_trials=1",
-                    "launcher.nproc_per_node=2", "launcher.cpus_per_task=2"], tmp_path,
-                   timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    record = read_record(trial_dirs(tmp_path, sweep)[0])
+    """nproc_per_node=2: one trial's job trains with 2 gloo ranks under torchrun (what
+    gpus_per_node=2 runs on a GPU node); rank 0 then evaluates and writes the record."""
+    cfg = resolve_paths(compose_config([
+        *FAST, "sweep.name=ci_ddp", f"paths.sweeps={tmp_path}", f"paths.cache={CACHE}",
+        "launcher.nproc_per_node=2", "launcher.cpus_per_task=2", "method.train.max_steps=6",
+        "method.train.eval_steps=3", "method.train.logging_steps=3"]))
+    trial_dir = tmp_path / "ci_ddp" / "trials" / "0000"
+    trial_dir.mkdir(parents=True)
+    cfg.trial = {"number": 0, "params": {}, "threads": 2, "dir": str(trial_dir)}
+    (trial_dir / "config.yaml").write_text(to_yaml(cfg))
+    job = slurm.SlurmLauncher(cfg).submit(trial_dir)
+    wait_until(job.done, 300, "the data-parallel trial")
+    record = read_record(trial_dir)
+    assert record is not None, job.failure_reason()
     assert record.status == COMPLETE, record.error
+    assert record.extra["train_steps"] == 6 and record.metrics["perplexity"] > 1
+    assert record.job["job_id"] == job.job_id
     log_text = Path(record.job["stdout"]).read_text()
     assert "torch.distributed.run --nproc-per-node=2 --standalone" in log_text
     assert "data-parallel training on 2 processes" in log_text
