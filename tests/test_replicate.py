@@ -25,7 +25,7 @@ from tests.test_report import make_sweep
 
 # Very short trials with the cheap metrics only (perplexity, ROUGE on a few samples).
 CHEAP = ["method.train.max_steps=4", "method.train.eval_steps=2", "method.train.logging_steps=1",
-         "eval.rouge.max_samples=4", "eval.perplexity.max_texts=8", "launcher.parallel=1",
+         "eval.rouge.max_samples=4", "eval.perplexity.max_texts=8", "launcher.parallel=2",
          "eval.lm_eval.enabled=false", "eval.mt_bench.enabled=false",
          "data.preference.metrics.enabled=false"]
 SWEEP = ["sweep.name=reps", "sweep.n_trials=1", *CHEAP]

@@ -38,8 +38,18 @@ def _records(root: Path, name: str) -> list:
     return [read_record(t) for t in trials]
 
 
+SENTINEL = "sk-SENTINEL-judge-key-never-on-disk-7731"
+
+
+def _files_containing(root: Path, needle: str) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and needle.encode() in p.read_bytes()]
+
+
 def test_default_sweep_end_to_end(tmp_path):
-    result = run_cli(["sweep.n_trials=3", *FAST], cwd=tmp_path)
+    # The judge is the embedded model served locally; the key is a sentinel read from the env.
+    key = ["eval.judge.api_key_env=HARNESS_TEST_JUDGE_KEY"]
+    env = {"HARNESS_TEST_JUDGE_KEY": SENTINEL}
+    result = run_cli(["sweep.n_trials=3", *FAST, *key], cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     records = _records(tmp_path, "default")
     assert [r.status for r in records] == ["COMPLETE"] * 3
@@ -51,13 +61,30 @@ def test_default_sweep_end_to_end(tmp_path):
         assert 0 < record.trainable_params < record.total_params
         assert record.versions["torch"] and record.loss_history
         assert "lm_eval/embedded_facts_mc/acc" in record.metrics
-        assert "mt_bench/score" in record.metrics and "pref_accuracy" in record.metrics
+        assert record.metrics["mt_bench/judged"] > 0 and "mt_bench/score" in record.metrics
+        assert "pref_accuracy" in record.metrics
         cfg = Path(record.config_path).read_text()
         assert f"number: {record.number}" in cfg and "learning_rate" in cfg
         assert (Path(record.output_dir) / "adapter_config.json").exists()
+    # fine-tuning really adapts the pretrained base: held-out perplexity falls by > 30%
+    best = min(records, key=lambda r: r.metrics["perplexity"])
+    assert best.delta_vs_base["perplexity"] < -0.3 * (best.metrics["perplexity"]
+                                                      - best.delta_vs_base["perplexity"])
     study = _study(tmp_path, "default")
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 3
     assert (tmp_path / "reports" / "default.html").exists()
+
+    # re-scoring the finished sweep sends no judge request twice: every judgment is cached
+    again = subprocess.run([sys.executable, "-m", "harness.cascade", "reeval",
+                            str(tmp_path / "sweeps" / "default")], cwd=tmp_path,
+                           env={**os.environ, **env}, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    counts = [json.loads(line.split(" ", 1)[1])
+              for line in again.stdout.splitlines() if "judge_requests" in line]
+    assert len(counts) == 4                                 # the base model and three trials
+    assert all(c["judge_requests"] == 0 and c["judge_cache_hits"] > 0 for c in counts)
+    for folder in ("sweeps", "reports"):
+        assert _files_containing(tmp_path / folder, SENTINEL) == []
 
 
 def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
