@@ -154,7 +154,10 @@ def run_plain(model_dir: Path, method: str, rows: list, steps: int, batch: int, 
                      optim="paged_adamw_32bit" if _cuda() else "adamw_torch",
                      max_length=seq, logging_steps=steps, save_strategy="no", report_to=[],
                      bf16=_cuda(), disable_tqdm=True, seed=0,
-                     max_grad_norm=1.0)
+                     max_grad_norm=1.0,
+                     # trl's SFTConfig turns activation checkpointing on by default; the
+                     # harness run above has it off (method.train.gradient_checkpointing=false)
+                     gradient_checkpointing=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
                          processing_class=AutoTokenizer.from_pretrained(model_dir))
     start = time.perf_counter()

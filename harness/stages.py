@@ -309,6 +309,7 @@ def add_preference_metrics(cfg: DictConfig, model, tokenizer, record: TrialRecor
     if pdata is None or not pdata.metrics.get("enabled", True):
         record.extra["preference_metrics"] = "skipped: no data.preference or disabled"
         return
+    start = time.perf_counter()
     root = stages_root(cfg)
     rows, prompts = pref.metric_rows(cfg.data)
     scorer = reward_stage(cfg, root)
@@ -328,6 +329,8 @@ def add_preference_metrics(cfg: DictConfig, model, tokenizer, record: TrialRecor
                              for p, g, s, r in list(zip(prompts, ours["generations"],
                                                         ours["scores"], ref["scores"],
                                                         strict=True))[:4]]})
+    # evaluation time, including the sweep's reward model when this trial had to train it
+    record.eval_seconds += time.perf_counter() - start
 
 
 def _reference_eval(cfg: DictConfig, root: Path, reference: Stage | None, scorer: Stage,
