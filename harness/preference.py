@@ -127,36 +127,18 @@ def prompt_text(row: dict) -> str:
 
 
 def _common_args(method: DictConfig, output_dir: Path, seed: int, model_cfg: DictConfig) -> dict:
-    """TrainingArguments shared by the DPO, reward, GRPO and PPO configs."""
-    from harness.train import optimizer_name
+    """TrainingArguments shared by the DPO, reward, GRPO and PPO configs: the SFT trainer's
+    common fields, no checkpoints and no experiment trackers."""
+    from harness.train import training_args
 
-    train = method.train
-    return dict(
-        output_dir=str(output_dir),
-        learning_rate=float(train.learning_rate),
-        lr_scheduler_type=train.lr_scheduler_type,
-        warmup_steps=float(train.get("warmup_ratio", 0.0)),
-        per_device_train_batch_size=int(train.per_device_train_batch_size),
-        gradient_accumulation_steps=int(train.gradient_accumulation_steps),
-        max_grad_norm=float(train.max_grad_norm),
-        weight_decay=float(train.weight_decay),
-        optim=optimizer_name(train.optim),
-        logging_steps=int(train.logging_steps),
-        save_strategy="no",
-        report_to=[],
-        bf16=model_cfg.dtype == "bfloat16" and torch.cuda.is_available(),
-        fp16=model_cfg.dtype == "float16" and torch.cuda.is_available(),
-        seed=seed,
-        data_seed=seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
+    return {**training_args(method.train, model_cfg, output_dir, seed),
+            "save_strategy": "no", "report_to": []}
 
 
 def _steps(train: DictConfig) -> dict:
-    return dict(max_steps=int(train.max_steps) if train.get("max_steps") else -1,
-                num_train_epochs=float(train.get("num_train_epochs", 1)),
-                gradient_checkpointing=bool(train.get("gradient_checkpointing", False)))
+    from harness.train import step_args
+
+    return step_args(train)
 
 
 def _run(trainer, history: LossHistory) -> TrainResult:
