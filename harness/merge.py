@@ -41,9 +41,8 @@ def merge_trial(trial_dir: Path, out_dir: Path, dtype: str | None = None) -> Pat
     """Merge `trial_dir/model` (a LoRA adapter) into the trial's base; save it to out_dir."""
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    from harness.modeling import DTYPES, load_tokenizer, model_source
+    from harness.modeling import DTYPES, load_base_model, load_tokenizer
 
     trial_dir, out_dir = Path(trial_dir), Path(out_dir)
     adapter = trial_dir / "model"
@@ -56,8 +55,8 @@ def merge_trial(trial_dir: Path, out_dir: Path, dtype: str | None = None) -> Pat
     dtype = merge_dtype(cfg, dtype)
     if dtype not in DTYPES:
         raise ConfigError(f"merge.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-    base = AutoModelForCausalLM.from_pretrained(**model_source(cfg.model), dtype=DTYPES[dtype],
-                                                device_map={"": "cpu"})
+    # unquantized (no method.quantization), in the merge dtype
+    base = load_base_model(OmegaConf.merge(cfg.model, {"dtype": dtype}))
     with torch.no_grad():
         merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     out_dir.mkdir(parents=True, exist_ok=True)
