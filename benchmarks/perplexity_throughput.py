@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from harness.evaluate import perplexity, perplexity_reference
+from harness.eval.metrics import perplexity, perplexity_reference
 
 SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "qu", "dor", "fen", "gil"]
 

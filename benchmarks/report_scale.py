@@ -24,7 +24,9 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from harness.records import FAILED, PRUNED  # noqa: E402
-from harness.report import load_sweep, write_exports, write_report  # noqa: E402
+from harness.report.exports import write_exports  # noqa: E402
+from harness.report.page import write_report  # noqa: E402
+from harness.sweep.results import load_sweep  # noqa: E402
 from tests.test_report import make_replicates, make_sweep  # noqa: E402
 
 TARGET_SECONDS = 10.0
@@ -65,7 +67,7 @@ def main() -> int:
     parser.add_argument("--extra-metrics", type=int, default=0,
                         help="lm-eval style tasks added to each record (acc + acc_stderr)")
     parser.add_argument("--replicated", type=int, default=3,
-                        help="best configurations rerun with 3 more seeds (harness.replicate)")
+                        help="best configurations rerun with 3 more seeds (sweep.replicate)")
     parser.add_argument("--keep", type=Path, help="build the sweep here and keep it")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)

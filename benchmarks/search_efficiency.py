@@ -71,8 +71,8 @@ def summarize(name: str, trials_dir: Path, seconds: float) -> RunResult:
 
 def trial_steps(trial_dir: Path, record) -> int:
     """Training steps a trial consumed: all of them, or up to the eval that pruned it."""
-    if "train_steps" in record.extra:
-        return int(record.extra["train_steps"])
+    if record.train_steps is not None:
+        return int(record.train_steps)
     path = trial_dir / "loss.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     return max((int(row["step"]) for row in rows), default=0)

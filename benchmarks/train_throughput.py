@@ -7,7 +7,7 @@ runs anywhere: small shapes on CPU, the real shapes on a GPU (`--shape real`).
     python benchmarks/train_throughput.py --arch llama-3.1-8b --shape real   # on a GPU
 
 Each method runs in its own process (peak memory is per process). For every method it prints
-tokens/s and peak memory through the harness (harness.modeling + harness.train) and through a
+tokens/s and peak memory through the harness (train.modeling + train.sft) and through a
 plain trl + peft script doing the same steps, and their ratio (harness / plain).
 """
 
@@ -22,6 +22,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from harness.train.modeling import load_trial_model
+from harness.train.sft import train_sft
 
 ARCHS = {  # transformers LlamaConfig fields of the real models
     "llama-3.2-1b": dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
@@ -105,11 +108,8 @@ def _cuda() -> bool:
 
 def run_harness(model_dir: Path, method: str, rows: list, steps: int, batch: int, seq: int,
                 out: Path) -> float:
-    """Train through harness.modeling + harness.train; returns train seconds."""
+    """Train through harness.train.modeling + harness.train.sft; returns train seconds."""
     from omegaconf import OmegaConf
-
-    from harness.modeling import load_trial_model
-    from harness.train import train_sft
 
     model_cfg = OmegaConf.create({"source": "local", "path": str(model_dir),
                                   "dtype": "bfloat16" if _cuda() else "float32",

@@ -34,7 +34,7 @@ def main() -> None:
           f"{'overhead':>10}")
     shares = []
     for r in records:
-        job = r.extra.get("job_seconds", r.wall_seconds)
+        job = r.job_seconds if r.job_seconds is not None else r.wall_seconds
         other = job - r.train_seconds - r.eval_seconds
         shares.append(other / job)
         print(f"{r.number:>5} {r.method:<6}{job:>8.1f}{r.train_seconds:>9.1f}"

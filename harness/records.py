@@ -1,7 +1,12 @@
-"""The result record of one trial: plain data written as JSON next to the trial's outputs.
+"""The typed hand-offs between stages: the trial spec (driver -> trial) and the result record
+(trial -> driver -> report).
 
-A trial process writes `result.json` in its folder; the sweep driver reads it, tells Optuna,
-and adds the deltas against the base model; the report reads every record back.
+- `TrialSpec`: what the driver tells one trial process. Serialized as the `trial:` block of the
+  trial's `config.yaml` (written only by `write_trial_config`, read only by `read_trial_config`),
+  so a trial's folder alone says how to rerun it.
+- `TrialRecord`: what a trial produced. A trial process writes `result.json` in its folder; the
+  sweep driver reads it, tells Optuna and adds the deltas against the base model; the report
+  reads every record back.
 """
 
 from __future__ import annotations
@@ -9,13 +14,15 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import metadata
 from pathlib import Path
 
-RESULT_FILE = "result.json"
-CONFIG_FILE = "config.yaml"
-LOG_FILE = "trial.log"
+from omegaconf import DictConfig, OmegaConf
+
+from harness.layout import CONFIG_FILE, LOG_FILE, RESULT_FILE
+
+__all__ = ["CONFIG_FILE", "LOG_FILE", "RESULT_FILE"]  # re-exported: the record's neighbours
 
 COMPLETE = "COMPLETE"
 FAILED = "FAILED"
@@ -24,6 +31,77 @@ PRUNED = "PRUNED"
 TRACKED_PACKAGES = ("harness", "torch", "transformers", "peft", "trl", "bitsandbytes",
                     "accelerate", "datasets", "optuna", "hydra-core", "lm-eval", "rouge-score",
                     "submitit")
+
+
+PROMOTED = ("device", "train_steps", "resumed_from_step", "job_seconds", "cascade", "note")
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """The driver's instructions to one trial process (the `trial:` block of config.yaml).
+
+    number: the Optuna trial number (-1 for the base model); trial_id / study_name: where the
+    trial reports intermediate values for pruning (None: no pruning); params: the suggested
+    values; seed: the trial's seed (`cfg.seed`, which the spec mirrors); baseline: evaluate the
+    untrained base model; replicate_of: the trial a replicate reruns; dir: the trial folder;
+    baseline_dir: the sweep's base-model folder (lm-eval's "identical to base" guard);
+    stages_dir: where chained methods cache their SFT / reward stages; judge_url / judge_model:
+    a judge server the driver runs for every trial (None: the trial's own `eval.judge`);
+    threads: torch threads; git_commit: the harness checkout that ran the driver.
+    """
+
+    number: int = 0
+    params: dict = field(default_factory=dict)
+    seed: int = 0
+    baseline: bool = False
+    replicate_of: int | None = None
+    trial_id: int | None = None
+    study_name: str | None = None
+    dir: str = ""
+    baseline_dir: str | None = None
+    stages_dir: str | None = None
+    judge_url: str | None = None
+    judge_model: str | None = None
+    threads: int | None = None
+    git_commit: str | None = None
+
+    @classmethod
+    def from_config(cls, cfg: DictConfig) -> TrialSpec:
+        """The spec in a trial config (an absent or partial `trial:` block gives defaults)."""
+        block = cfg.get("trial") if isinstance(cfg, DictConfig) else None
+        raw = OmegaConf.to_container(block, resolve=True) if isinstance(block, DictConfig) \
+            else dict(block or {})
+        known = {f.name for f in fields(cls)}
+        spec = cls(**{k: v for k, v in raw.items() if k in known})
+        return replace(spec, seed=int(cfg.get("seed", spec.seed) or 0),
+                       params=dict(spec.params or {}))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def model_id(self) -> str:
+        """FastChat model id of the run: 'base' or 'trial-NNNN'."""
+        return "base" if self.baseline else f"trial-{self.number:04d}"
+
+
+def write_trial_config(trial_dir: Path, cfg: DictConfig, spec: TrialSpec) -> Path:
+    """Write the trial's fully resolved config.yaml: `cfg` with `seed` and `trial:` from the spec
+    (the one place a trial config is written)."""
+    out = cfg.copy()
+    OmegaConf.set_struct(out, False)
+    out.seed = spec.seed
+    out.trial = spec.as_dict()
+    path = Path(trial_dir) / CONFIG_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(OmegaConf.to_yaml(out, resolve=True))
+    return path
+
+
+def read_trial_config(trial_dir: Path) -> tuple[DictConfig, TrialSpec]:
+    """(config, spec) of a trial folder (the one place a trial config is read)."""
+    cfg = OmegaConf.load(Path(trial_dir) / CONFIG_FILE)
+    return cfg, TrialSpec.from_config(cfg)
 
 
 @dataclass
@@ -63,7 +141,14 @@ class TrialRecord:
     versions: dict = field(default_factory=dict)
     git_commit: str | None = None
     error: TrialError | None = None
-    extra: dict = field(default_factory=dict)
+    # What the report and the cascade read (promoted from `extra`):
+    device: dict = field(default_factory=dict)     # {"type": cuda|cpu, "name", "count"|"threads"}
+    train_steps: int | None = None                 # optimizer steps of the trial's own training
+    resumed_from_step: int = 0                     # checkpoint step a requeued trial resumed at
+    job_seconds: float | None = None               # submission to end, as the driver saw it
+    cascade: dict | None = None                    # {"judged", "reason", "deferred"} (eval.cascade)
+    note: str | None = None                        # why a folder has no readable record (report)
+    extra: dict = field(default_factory=dict)      # stage-specific notes (files, warnings, ...)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, default=str)
@@ -71,7 +156,11 @@ class TrialRecord:
     @classmethod
     def from_dict(cls, data: dict) -> TrialRecord:
         known = {f.name for f in fields(cls)}
-        data = {k: v for k, v in data.items() if k in known}
+        extra = dict(data.get("extra") or {})
+        for key in PROMOTED:   # records written before these keys became fields
+            if key in extra and data.get(key) in (None, {}, 0):
+                data = {**data, key: extra.pop(key)}
+        data = {**{k: v for k, v in data.items() if k in known}, "extra": extra}
         if data.get("error"):
             data["error"] = TrialError(**data["error"])
         return cls(**data)

@@ -1,4 +1,9 @@
-"""Optuna study plumbing: storage, sampler and pruner from config, and the trial-side reporter."""
+"""Optuna storage and pruner from config, and the trial-side reporter (for pruning).
+
+These sit below every stage: the driver opens the study with them, a trial process reports
+its eval loss through them, and the results reader opens a finished study. Samplers are the
+driver's alone (harness.sweep.samplers). Names are looked up in harness.registry.
+"""
 
 from __future__ import annotations
 
@@ -7,77 +12,54 @@ from pathlib import Path
 import optuna
 from omegaconf import DictConfig
 
-from harness.config import ConfigError
-from harness.space import Param, grid
-
-SAMPLERS = {"tpe", "random", "grid", "cmaes", "nsgaii"}
-PRUNERS = {"none", "median", "hyperband"}
+from harness.registry import PRUNERS, STORAGES
 
 
-def make_storage(storage: DictConfig) -> optuna.storages.BaseStorage | str:
-    """The study storage for `conf/storage/*`: SQLite file, journal file, or an RDB URL."""
-    kind = storage.kind
-    if kind == "journal":
-        from optuna.storages import JournalStorage
-        from optuna.storages.journal import JournalFileBackend
-
-        path = Path(str(storage.path))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
-    if kind == "sqlite":
-        url = str(storage.url)
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
-    if kind == "rdb":
-        return optuna.storages.RDBStorage(str(storage.url))
-    raise ConfigError(f"storage.kind must be sqlite, journal or rdb, got {kind!r}")
+def sqlite_storage(storage: DictConfig) -> optuna.storages.BaseStorage:
+    """SQLite file (one node: its locking breaks on shared file systems)."""
+    url = str(storage.url)
+    Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 
 
-def make_sampler(sampler: DictConfig, space: list[Param], n_objectives: int):
-    """Optuna sampler named by `sweep.sampler.name`."""
-    name, seed = sampler.get("name", "tpe"), sampler.get("seed")
-    if name not in SAMPLERS:
-        raise ConfigError(f"sweep.sampler.name must be one of {sorted(SAMPLERS)}, got {name!r}")
-    if n_objectives > 1 and name == "cmaes":
-        raise ConfigError("sweep.sampler.name=cmaes cannot optimize several objectives")
-    if name == "grid":
-        return AskTellGridSampler(grid(space), seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "cmaes":
-        return optuna.samplers.CmaEsSampler(seed=seed)
-    if name == "nsgaii":
-        return optuna.samplers.NSGAIISampler(seed=seed,
-                                             population_size=sampler.get("population_size", 50))
-    return optuna.samplers.TPESampler(seed=seed,
-                                      n_startup_trials=sampler.get("n_startup_trials", 10))
+def journal_storage(storage: DictConfig) -> optuna.storages.BaseStorage:
+    """Journal file (safe on shared file systems: the SLURM default)."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    path = Path(str(storage.path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
 
 
-class AskTellGridSampler(optuna.samplers.GridSampler):
-    """GridSampler for ask/tell loops.
+def rdb_storage(storage: DictConfig) -> optuna.storages.BaseStorage:
+    """Any SQLAlchemy URL (PostgreSQL, MySQL)."""
+    return optuna.storages.RDBStorage(str(storage.url))
 
-    Optuna's GridSampler calls `study.stop()` once the grid is used up, which raises outside
-    `study.optimize` and would abort `study.tell` before the trial's state is stored. The
-    driver caps the trial count at the grid size itself, so the stop is not needed.
-    """
 
-    def after_trial(self, study, trial, state, values) -> None:  # noqa: D102
-        return None
+def make_storage(storage: DictConfig) -> optuna.storages.BaseStorage:
+    """The study storage for `conf/storage/*` (storage.kind picks it)."""
+    return STORAGES.load(storage.kind)(storage)
+
+
+def no_pruner(pruner: DictConfig) -> optuna.pruners.BasePruner:
+    return optuna.pruners.NopPruner()
+
+
+def median_pruner(pruner: DictConfig) -> optuna.pruners.BasePruner:
+    return optuna.pruners.MedianPruner(n_startup_trials=pruner.get("n_startup_trials", 2),
+                                       n_warmup_steps=pruner.get("n_warmup_steps", 0))
+
+
+def hyperband_pruner(pruner: DictConfig) -> optuna.pruners.BasePruner:
+    return optuna.pruners.HyperbandPruner(min_resource=pruner.get("min_resource", 1),
+                                          max_resource=pruner.get("max_resource", "auto"),
+                                          reduction_factor=pruner.get("reduction_factor", 3))
 
 
 def make_pruner(pruner: DictConfig) -> optuna.pruners.BasePruner:
     """Optuna pruner named by `sweep.pruner.name` (steps are training steps)."""
-    name = pruner.get("name", "none")
-    if name not in PRUNERS:
-        raise ConfigError(f"sweep.pruner.name must be one of {sorted(PRUNERS)}, got {name!r}")
-    if name == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=pruner.get("n_startup_trials", 2),
-                                           n_warmup_steps=pruner.get("n_warmup_steps", 0))
-    if name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=pruner.get("min_resource", 1),
-                                              max_resource=pruner.get("max_resource", "auto"),
-                                              reduction_factor=pruner.get("reduction_factor", 3))
-    return optuna.pruners.NopPruner()
+    return PRUNERS.load(pruner.get("name", "none"))(pruner)
 
 
 class TrialReporter:

@@ -10,4 +10,6 @@ if [ "${CI:-}" = true ] || [ "${HARNESS_SLURM:-}" = 1 ]; then
     bash slurm/cluster.sh start
 fi
 python3 -m ruff check harness tests benchmarks
+# The layer contracts of docs/architecture.md ([tool.importlinter] in pyproject.toml).
+lint-imports
 python3 -m pytest -ra "$@"

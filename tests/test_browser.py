@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.compare import write_compare
 from harness.records import FAILED, PRUNED, TrialError, read_record, write_record
-from harness.report import load_sweep, write_report
+from harness.report.compare import write_compare
+from harness.report.page import write_report
+from harness.sweep.results import load_sweep
 from tests.conftest import REPO
 from tests.test_report import make_replicates, make_sweep
 

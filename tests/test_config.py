@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from harness.config import ConfigError, compose_config
-from harness.modeling import lora_alpha
-from harness.sweep import prepare, probe_points, trial_config
+from harness.config.compose import compose_config
+from harness.errors import ConfigError
+from harness.sweep.driver import prepare, probe_points, trial_config
+from harness.train.modeling import lora_alpha
 from tests.conftest import run_cli
 
 

@@ -9,9 +9,11 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from harness.config import compose_config as compose
-from harness.data import DataError, load_rows, perplexity_texts, rouge_pairs, sft_rows
-from harness.modeling import load_base_model, load_tokenizer
+from harness.config.compose import compose_config as compose
+from harness.data.jsonl import load_rows
+from harness.data.sft import perplexity_texts, rouge_pairs, sft_rows
+from harness.errors import DataError
+from harness.train.modeling import load_base_model, load_tokenizer
 
 
 @pytest.fixture()
@@ -56,7 +58,7 @@ def test_missing_column_names_the_data_set(hub_style_copies):
 
 
 def test_offline_hub_id_fails_in_one_line_naming_it():
-    code = ("from omegaconf import OmegaConf; from harness.data import load_rows, DataError\n"
+    code = ("from omegaconf import OmegaConf; from harness.data.jsonl import load_rows, DataError\n"
             "try:\n    load_rows(OmegaConf.create({'path': 'no-such-org/no-such-set'}), ['text'])\n"
             "except DataError as exc:\n    print(exc)")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}

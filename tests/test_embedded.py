@@ -1,4 +1,4 @@
-"""Tests for the embedded default model and data (`harness.embedded`)."""
+"""Tests for the embedded default model and data (`harness.embedded.build`, `.corpus`)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,17 @@ from typing import Any
 
 import pytest
 
-from harness import embedded as E
+import harness.embedded.build as E
+import harness.embedded.corpus as C
 from tests.conftest import REPO
 
 DATA_FILES = {
-    "sft_train": E.N_SFT_TRAIN,
-    "sft_eval": E.N_SFT_EVAL,
-    "perplexity": E.N_PERPLEXITY,
-    "summarize_test": E.N_SUMMARIZE_TEST,
-    "preference_train": E.N_PREF_TRAIN,
-    "preference_test": E.N_PREF_TEST,
+    "sft_train": C.N_SFT_TRAIN,
+    "sft_eval": C.N_SFT_EVAL,
+    "perplexity": C.N_PERPLEXITY,
+    "summarize_test": C.N_SUMMARIZE_TEST,
+    "preference_train": C.N_PREF_TRAIN,
+    "preference_test": C.N_PREF_TEST,
 }
 
 
@@ -67,7 +68,7 @@ def test_files_present_and_parse(built: Path) -> None:
 
 def test_summarization_is_trained(built: Path) -> None:
     users = [r["messages"][0]["content"] for r in _rows(built, "sft_train")]
-    assert sum(u.startswith(E.SUMMARIZE_INSTRUCTION) for u in users) > 100
+    assert sum(u.startswith(C.SUMMARIZE_INSTRUCTION) for u in users) > 100
 
 
 def test_model_and_tokenizer_load(built: Path) -> None:
@@ -113,7 +114,7 @@ def test_perplexity_texts_are_rendered_conversations(built: Path) -> None:
     tok = AutoTokenizer.from_pretrained(built / "model")
     row = _rows(built, "sft_eval")[0]
     rendered = tok.apply_chat_template(row["messages"], tokenize=False)
-    assert rendered == E.render_chat(row["messages"])
+    assert rendered == C.render_chat(row["messages"])
     for row in _rows(built, "perplexity"):
         assert row["text"].startswith(tok.bos_token + "<|user|>\n")
         assert "<|assistant|>\n" in row["text"]
@@ -127,12 +128,12 @@ def test_held_out_documents_not_in_training(built: Path) -> None:
         assert row["document"] not in train_users
         assert row["summary"] not in train_answers     # references are never trained on
     for row in _rows(built, "perplexity"):
-        user = row["text"].split("<|user|>\n", 1)[1].split(E.EOS, 1)[0]
+        user = row["text"].split("<|user|>\n", 1)[1].split(C.EOS, 1)[0]
         assert user not in train_users
 
 
 def test_pretraining_never_shows_summaries() -> None:
-    corpus = E.make_corpus(0)
+    corpus = C.make_corpus(0)
     summaries = {row["summary"] for row in corpus.files["summarize_test"]}
     text = "\n".join(corpus.pretrain)
     assert "Summary:" not in text
@@ -166,14 +167,14 @@ def test_same_seed_is_deterministic(
 
 
 def test_other_seed_changes_data() -> None:
-    a, b = E.make_corpus(0), E.make_corpus(1)
+    a, b = C.make_corpus(0), C.make_corpus(1)
     assert a.files["sft_train"] != b.files["sft_train"]
-    assert a.files == E.make_corpus(0).files
+    assert a.files == C.make_corpus(0).files
 
 
 def test_concurrent_builds_share_one_result(tmp_path: Path) -> None:
     script = (
-        "import sys; from harness import embedded as E; E.PRETRAIN_STEPS = 2; "
+        "import sys; import harness.embedded.build as E; E.PRETRAIN_STEPS = 2; "
         "E.build_embedded(sys.argv[1], progress=False)"
     )
     root = tmp_path / "shared"

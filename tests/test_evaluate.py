@@ -1,4 +1,4 @@
-"""Tests for harness.evaluate on a tiny random Llama and a locally trained BPE tokenizer."""
+"""Tests for harness.eval.metrics on a tiny random Llama and a locally trained BPE tokenizer."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from harness.evaluate import generate, perplexity, perplexity_reference, rouge
+from harness.eval.metrics import generate, perplexity, perplexity_reference, rouge
 
 SENTENCES = [
     "the quick brown fox jumps over the lazy dog",

@@ -4,13 +4,14 @@ and a real local judge served by `transformers serve`."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from harness.judge import (
+from harness.eval.judge import (
     API_ERROR_OUTPUT,
     JudgeClient,
     JudgeError,
@@ -157,9 +158,7 @@ def test_missing_api_key_env_is_a_clear_error(monkeypatch):
 
 def test_real_local_judge_server(toy_models, tmp_path):
     """`transformers serve` on 127.0.0.1: ratings parsed, cached, and the server stopped."""
-    import os
-
-    from harness.judge_server import serve_model
+    from harness.eval.judge_server import serve_model
 
     _, judge_dir = toy_models
     with serve_model(judge_dir, log_path=tmp_path / "server.log") as server:
@@ -176,8 +175,62 @@ def test_real_local_judge_server(toy_models, tmp_path):
         os.kill(server.pid, 0)
 
 
+def test_trial_judges_through_the_server_its_spec_names(tmp_path):
+    """The driver writes the shared server into every TrialSpec; a trial prefers it to its own
+    `eval.judge`; re-scoring replaces the original run's (dead) server with the live one."""
+    from omegaconf import OmegaConf
+
+    from harness.eval.judge_server import ServedModel, configured_endpoint
+    from harness.records import TrialSpec, read_trial_config, write_trial_config
+    from harness.trial.rescore import with_judge
+
+    cfg = OmegaConf.create({"seed": 0, "eval": {"judge": {"base_url": None, "model": None}}})
+    assert configured_endpoint(cfg) == (None, None)
+    shared = TrialSpec(number=2, judge_url="http://127.0.0.1:4321/v1", judge_model="/m/judge")
+    write_trial_config(tmp_path, cfg, shared)          # as the driver writes config.yaml
+    trial_cfg, spec = read_trial_config(tmp_path)
+    assert configured_endpoint(trial_cfg) == ("http://127.0.0.1:4321/v1", "/m/judge")
+    assert configured_endpoint(trial_cfg, spec) == ("http://127.0.0.1:4321/v1", "/m/judge")
+    cfg.eval.judge.base_url, cfg.eval.judge.model = "http://judge.example/v1", "gpt-4"
+    assert configured_endpoint(cfg) == ("http://judge.example/v1", "gpt-4")
+    live = ServedModel(base_url="http://127.0.0.1:5555/v1", model="/m/judge", port=5555, pid=1,
+                       log_path=tmp_path / "judge_server.log")
+    assert configured_endpoint(trial_cfg, with_judge(spec, live)) == (live.base_url, live.model)
+    assert configured_endpoint(trial_cfg, with_judge(spec, None)) == (None, None)
+
+
+def test_sweep_judge_is_handed_over_in_the_spec_not_the_environment(toy_models, tmp_path):
+    """One server for the sweep: yielded to the caller, no environment variable set; a trial
+    whose spec names it judges through it instead of starting its own."""
+    from omegaconf import OmegaConf
+
+    from harness.eval.judge_server import judge_endpoint, sweep_judge
+    from harness.records import TrialSpec
+
+    _, judge_dir = toy_models
+    cfg = OmegaConf.create({"paths": {"embedded": str(tmp_path / "embedded")}, "eval": {
+        "mt_bench": {"enabled": True},
+        "judge": {"base_url": None, "max_tokens": 24,
+                  "serve": {"model_path": str(judge_dir), "threads": 1}}}})
+    before = dict(os.environ)
+    with sweep_judge(cfg, tmp_path) as server:
+        assert server is not None and server.base_url.startswith("http://127.0.0.1:")
+        assert dict(os.environ) == before
+        spec = TrialSpec(number=1, judge_url=server.base_url, judge_model=server.model)
+        with judge_endpoint(cfg, tmp_path / "trial", spec) as endpoint:
+            assert (endpoint.base_url, endpoint.model, endpoint.error) == (
+                server.base_url, server.model, None)
+            reply = endpoint.client().judge_many(_requests(1))[0]
+        assert reply.score == 7.0
+    assert not (tmp_path / "trial" / "judge_server.log").exists()  # no server of its own
+    with sweep_judge(OmegaConf.merge(cfg, {"eval": {"judge": {
+            "base_url": "http://judge.example/v1"}}}), tmp_path) as none:
+        assert none is None                         # a configured endpoint: nothing to serve
+    assert dict(os.environ) == before
+
+
 def test_server_start_failure_is_clear(tmp_path):
-    from harness.judge_server import JudgeServerError, serve_model
+    from harness.eval.judge_server import JudgeServerError, serve_model
 
     with pytest.raises(JudgeServerError, match="no model at"):
         with serve_model(tmp_path / "missing"):
@@ -187,6 +240,6 @@ def test_server_start_failure_is_clear(tmp_path):
 @pytest.fixture(scope="session")
 def toy_models(tmp_path_factory):
     """A tiny chat model and a judge that always answers 'Rating: [[7]]' (built once)."""
-    from harness.embedded_evals import toy_models as build
+    from harness.embedded.judge import toy_models as build
 
     return build(tmp_path_factory.getbasetemp() / "toy_models")

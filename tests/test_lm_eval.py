@@ -9,13 +9,16 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from harness import cascade, lm_eval_runner
-from harness.embedded_evals import write_eval_files
+import harness.eval.cascade as cascade
+import harness.eval.lm_eval_runner as lm_eval_runner
+import harness.sweep.cascade as sweep_cascade
+from harness.config.validate import check_eval_config
+from harness.embedded.evals import write_eval_files
 
 
 @pytest.fixture(scope="session")
 def toy_models(tmp_path_factory):
-    from harness.embedded_evals import toy_models as build
+    from harness.embedded.judge import toy_models as build
 
     return build(tmp_path_factory.getbasetemp() / "toy_models")
 
@@ -157,10 +160,9 @@ def test_cascade_decisions():
 
 
 def test_cascade_skips_expensive_stages_and_says_why():
-    metrics, extra = cascade.run_expensive(None, None, _cascade_cfg(threshold=2.0),
-                                           {"perplexity": 3.0})
-    assert metrics == {"cascade/judged": 0.0}
-    assert extra["cascade"]["judged"] is False and "perplexity=3" in extra["cascade"]["reason"]
+    result = cascade.run_expensive(None, None, _cascade_cfg(threshold=2.0), {"perplexity": 3.0})
+    assert result.metrics == {"cascade/judged": 0.0}
+    assert result.cascade["judged"] is False and "perplexity=3" in result.cascade["reason"]
 
 
 def test_top_k_pass_scores_best_unjudged_and_notes_the_rest(tmp_path, monkeypatch):
@@ -169,32 +171,34 @@ def test_top_k_pass_scores_best_unjudged_and_notes_the_rest(tmp_path, monkeypatc
     for number, ppl in enumerate([5.0, 2.0, 9.0, 3.0]):
         folder = tmp_path / "trials" / f"{number:04d}"
         folder.mkdir(parents=True)
-        extra = {"cascade": {"judged": number == 1, "reason": "r", "deferred": number != 1}}
+        decision = {"judged": number == 1, "reason": "r", "deferred": number != 1}
         write_record(TrialRecord(number=number, status="COMPLETE", method="lora",
-                                 metrics={"perplexity": ppl}, extra=extra), folder)
+                                 metrics={"perplexity": ppl}, cascade=decision), folder)
     scored_dirs = []
-    monkeypatch.setattr(cascade, "evaluate_saved",
-                        lambda d, stages=None, reason=None: scored_dirs.append((d.name, reason)))
-    scored = cascade.top_k_pass(tmp_path, _cascade_cfg(top_k=2))
+    judge = object()  # the sweep's live judge server, passed down to every re-scoring
+    monkeypatch.setattr(sweep_cascade, "evaluate_saved",
+                        lambda d, stages=None, reason=None, judge=None:
+                        scored_dirs.append((d.name, reason, judge)))
+    scored = sweep_cascade.top_k_pass(tmp_path, _cascade_cfg(top_k=2), judge)
     assert scored == [3] and scored_dirs[0][0] == "0003" and "rank 2 of 4" in scored_dirs[0][1]
+    assert scored_dirs[0][2] is judge
     for name, rank in (("0000", 3), ("0002", 4)):
-        reason = read_record(tmp_path / "trials" / name).extra["cascade"]["reason"]
+        reason = read_record(tmp_path / "trials" / name).cascade["reason"]
         assert f"rank {rank} of 4" in reason and "not in the top 2" in reason
-    assert json.loads((tmp_path / "trials/0001/result.json").read_text())["extra"]["cascade"][
-        "judged"]
+    assert json.loads((tmp_path / "trials/0001/result.json").read_text())["cascade"]["judged"]
 
 
 def test_eval_config_checks_reject_a_key_in_api_key_env():
-    from harness.config import ConfigError
+    from harness.errors import ConfigError
 
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/eval/default.yaml")
     full = OmegaConf.create({"eval": cfg, "paths": {"embedded": "/x", "sweeps": "/s"}})
-    cascade.check_eval_config(full)
+    check_eval_config(full)
     full.eval.judge.api_key_env = "sk-abc123secret"
     with pytest.raises(ConfigError, match="NAME of an environment variable") as info:
-        cascade.check_eval_config(full)
+        check_eval_config(full)
     assert "abc123" not in str(info.value)
     full.eval.judge.api_key_env = None
     full.eval.cascade.enabled = True
     with pytest.raises(ConfigError, match="threshold or a top_k"):
-        cascade.check_eval_config(full)
+        check_eval_config(full)

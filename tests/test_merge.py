@@ -1,4 +1,4 @@
-"""harness.merge: fold a trial's LoRA adapter into its base model (tiny random Llama)."""
+"""harness.sweep.merge: fold a trial's LoRA adapter into its base model (tiny random Llama)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import pytest
 import torch
 import yaml
 
-from harness.config import ConfigError
-from harness.merge import merge_dtype, merge_trial
+from harness.cli import main
+from harness.errors import ConfigError
+from harness.sweep.merge import merge_dtype, merge_trial
 from tests.test_report import load_sweep, make_sweep
 
 
@@ -95,8 +96,6 @@ def test_no_adapter_is_a_config_error(tmp_path: Path) -> None:
 def test_cli_merges_the_best_trial(tiny_model_dir: Path, tmp_path: Path, monkeypatch,
                                    capsys) -> None:
     from transformers import AutoModelForCausalLM
-
-    from harness.cli import main
 
     sweep = make_sweep(tmp_path, 3, storage="journal")
     best = load_sweep(sweep).best.number

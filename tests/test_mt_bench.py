@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from harness import mt_bench
-from harness.embedded_evals import JUDGE_PROMPTS
+import harness.eval.mt_bench as mt_bench
+from harness.embedded.prompts import JUDGE_PROMPTS
 
 SHARED = Path(os.environ.get("HARNESS_MT_BENCH_DIR",
                              Path(__file__).resolve().parents[2] / "shared" / "mt_bench"))
@@ -22,7 +22,7 @@ SENTINEL = "sk-SENTINEL-mt-bench-never-on-disk"
 
 @pytest.fixture(scope="session")
 def toy_models(tmp_path_factory):
-    from harness.embedded_evals import toy_models as build
+    from harness.embedded.judge import toy_models as build
 
     return build(tmp_path_factory.getbasetemp() / "toy_models")
 
@@ -159,7 +159,7 @@ def test_real_question_set_with_local_judge(toy_models, tmp_path, monkeypatch):
 @needs_real_set
 def test_reference_guided_math_with_real_references(toy_models, tmp_path):
     model, tokenizer = _load(toy_models[0])
-    from harness.judge import JudgeClient, JudgeSettings, JudgmentCache
+    from harness.eval.judge import JudgeClient, JudgeSettings, JudgmentCache
 
     questions = mt_bench.load_questions(SHARED / "question.jsonl", 2, ["math"])
     refs = mt_bench.load_references(SHARED / "reference_answer_gpt-4.jsonl")

@@ -10,10 +10,14 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from harness import preference as pref
-from harness import stages
-from harness.config import ConfigError, compose_config, validate_trial_config
-from harness.data import DataError, check_data
+import harness.data.preference as pref_data
+import harness.eval.preference as pref_eval
+import harness.trial.stages as stages
+from harness.config.compose import compose_config
+from harness.config.validate import validate_trial_config
+from harness.data.check import check_data
+from harness.errors import ConfigError, DataError
+from harness.train import dpo, reward
 
 GOOD = {"prompt": "Sort: b, a", "chosen": "a, b", "rejected": "b, a"}
 
@@ -32,7 +36,7 @@ def _write(path: Path, rows: list) -> Path:
 def test_bad_row_names_file_and_line(tmp_path, bad, needle):
     path = _write(tmp_path / "p.jsonl", [GOOD, GOOD, bad, GOOD])
     with pytest.raises(DataError) as err:
-        pref.preference_rows(OmegaConf.create({"path": str(path)}))
+        pref_data.preference_rows(OmegaConf.create({"path": str(path)}))
     assert str(err.value).startswith(f"{path}:3: ")
     assert needle in str(err.value)
 
@@ -43,7 +47,7 @@ def test_plain_and_chat_rows_become_conversational(tmp_path):
             "rejected": [{"role": "user", "content": "Sort: b, a"},
                          {"role": "assistant", "content": "b, a"}]}
     path = _write(tmp_path / "p.jsonl", [GOOD, chat])
-    plain, split = pref.preference_rows(OmegaConf.create({"path": str(path)}))
+    plain, split = pref_data.preference_rows(OmegaConf.create({"path": str(path)}))
     assert plain == split == {"prompt": [{"role": "user", "content": "Sort: b, a"}],
                               "chosen": [{"role": "assistant", "content": "a, b"}],
                               "rejected": [{"role": "assistant", "content": "b, a"}]}
@@ -52,7 +56,7 @@ def test_plain_and_chat_rows_become_conversational(tmp_path):
 def test_cap_is_logged_not_silent(tmp_path, caplog):
     path = _write(tmp_path / "p.jsonl", [GOOD] * 5)
     with caplog.at_level("INFO"):
-        rows = pref.preference_rows(OmegaConf.create({"path": str(path)}), max_samples=2)
+        rows = pref_data.preference_rows(OmegaConf.create({"path": str(path)}), max_samples=2)
     assert len(rows) == 2 and "using 2 of 5 preference pairs" in caplog.text
 
 
@@ -133,7 +137,7 @@ def test_failed_build_leaves_no_stage(tmp_path):
 
 
 def test_win_rate_counts_ties_half():
-    assert pref.win_rate([1.0, 0.0, 2.0, 1.0], [0.0, 1.0, 2.0, 0.5]) == pytest.approx(0.625)
+    assert pref_eval.win_rate([1.0, 0.0, 2.0, 1.0], [0.0, 1.0, 2.0, 0.5]) == pytest.approx(0.625)
 
 
 # ----------------------------------------------------------------------------- tiny training
@@ -165,23 +169,24 @@ def test_dpo_raises_preference_accuracy(tiny_model_dir, tmp_path):
     torch.set_num_threads(1)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    before = pref.pref_accuracy(model, tok, ROWS)
-    result = pref.train_dpo(model, tok, _method("dpo"), MODEL_CFG, ROWS, tmp_path, seed=0,
-                            ref_model=pref.frozen_copy(model))
+    before = pref_eval.pref_accuracy(model, tok, ROWS)
+    result = dpo.train_dpo(model, tok, _method("dpo"), MODEL_CFG, ROWS, tmp_path, seed=0,
+                           ref_model=dpo.frozen_copy(model))
     assert result.steps == 15
-    assert pref.pref_accuracy(model, tok, ROWS) == 1.0 > before
+    assert pref_eval.pref_accuracy(model, tok, ROWS) == 1.0 > before
 
 
 def test_reward_model_learns_to_rank_chosen_above_rejected(tiny_model_dir, tmp_path):
     import torch
 
     torch.set_num_threads(1)
-    model, result = pref.train_reward(tiny_model_dir, _method("reward", max_steps=20),
-                                      MODEL_CFG, ROWS, tmp_path, seed=0)
-    _, tok = pref.load_reward_model(tiny_model_dir, MODEL_CFG)
-    prompts = [pref.prompt_text(r) for r in ROWS]
-    chosen = pref.reward_scores(model, tok, prompts, [r["chosen"][0]["content"] for r in ROWS])
-    rejected = pref.reward_scores(model, tok, prompts,
-                                  [r["rejected"][0]["content"] for r in ROWS])
+    model, result = reward.train_reward(tiny_model_dir, _method("reward", max_steps=20),
+                                        MODEL_CFG, ROWS, tmp_path, seed=0)
+    _, tok = reward.load_reward_model(tiny_model_dir, MODEL_CFG)
+    prompts = [pref_data.prompt_text(r) for r in ROWS]
+    chosen = pref_eval.reward_scores(model, tok, prompts,
+                                     [r["chosen"][0]["content"] for r in ROWS])
+    rejected = pref_eval.reward_scores(model, tok, prompts,
+                                       [r["rejected"][0]["content"] for r in ROWS])
     assert result.steps == 20
     assert all(c > r for c, r in zip(chosen, rejected, strict=True))

@@ -2,7 +2,7 @@
 
 bitsandbytes repacks 4-bit weights into an inference-only layout on CPUs with avx512_bf16 the
 first time a Linear4bit runs a no-grad eval forward; without harness's fix, gradients through
-the base are silently wrong afterwards (see harness.modeling.disable_bnb_cpu_inference_repack).
+the base are silently wrong afterwards (see train.modeling.disable_bnb_cpu_inference_repack).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from harness.modeling import load_trial_model
+from harness.train.modeling import load_trial_model
 
 
 def _method(bits: int = 4):

@@ -1,4 +1,4 @@
-"""harness.replicate: what is replicated (synthetic sweeps, a stand-in launcher), and end to
+"""harness.sweep.replicate: what is replicated (synthetic sweeps, a stand-in launcher), and end to
 end on the embedded tiny model: a one-trial sweep, then its configuration rerun with more seeds
 through the launcher and `python -m harness.trial`, resumably; the report's confidence
 interval narrows as seeds are added."""
@@ -14,12 +14,12 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from harness import replicate
-from harness.config import ConfigError
-from harness.records import COMPLETE, FAILED, TrialRecord, read_record, write_record
-from harness.replicate import plan, replicate_dir, run_replicates
-from harness.report import load_sweep
-from harness.uncertainty import mean_interval
+import harness.sweep.replicate as replicate
+from harness.errors import ConfigError
+from harness.records import COMPLETE, FAILED, TrialRecord, TrialSpec, read_record, write_record
+from harness.stats import mean_interval
+from harness.sweep.replicate import plan, replicate_dir, run_replicates
+from harness.sweep.results import load_sweep
 from tests.conftest import run_cli
 from tests.test_report import make_sweep
 
@@ -102,8 +102,8 @@ def _prepared(sweep: Path, **rcfg) -> SimpleNamespace:
 
 def test_rerun_skips_complete_and_retries_failed(sweep: Path, monkeypatch) -> None:
     launcher = FakeLauncher(fail_seeds=(2,))
-    monkeypatch.setattr("harness.launcher.make_launcher", lambda cfg: launcher)
-    monkeypatch.setattr("harness.launcher.trial_threads", lambda cfg: 1)
+    monkeypatch.setattr("harness.sweep.replicate.make_launcher", lambda cfg: launcher)
+    monkeypatch.setattr("harness.sweep.driver.trial_threads", lambda cfg: 1)
     prepared = _prepared(sweep, top_k=1)
     records = run_replicates(prepared)
     assert sorted(r.status for r in records) == [COMPLETE, FAILED]
@@ -121,14 +121,15 @@ def test_rerun_skips_complete_and_retries_failed(sweep: Path, monkeypatch) -> No
 
 def test_replicate_config_is_the_trials_with_another_seed(sweep: Path) -> None:
     item = plan(sweep, _rcfg(top_k=1, seeds=[5]))[0]
-    replicate.write_config(sweep, item, threads=3, commit="abc")
+    replicate.write_config(sweep, item, TrialSpec(threads=3, git_commit="abc"))
     cfg = yaml.safe_load((item.dir / "config.yaml").read_text())
     source = yaml.safe_load((sweep / "trials" / f"{item.number:04d}" / "config.yaml")
                             .read_text())
     assert cfg["seed"] == 5 and cfg["method"] == source["method"]
     assert cfg["trial"]["number"] == item.number and cfg["trial"]["replicate_of"] == item.number
     assert cfg["trial"]["params"] == source["trial"]["params"]
-    assert "trial_id" not in cfg["trial"]                   # no pruning reports for replicates
+    assert cfg["trial"]["trial_id"] is None                 # no pruning reports for replicates
+    assert cfg["trial"]["threads"] == 3 and cfg["trial"]["git_commit"] == "abc"
     assert json.dumps(cfg)                                  # plain YAML, no OmegaConf nodes
 
 

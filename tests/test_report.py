@@ -1,10 +1,12 @@
-"""Tests for harness.report on synthetic sweep folders with a real Optuna study.
+"""Tests for harness.report (and harness.sweep.results, which reads the sweep) on synthetic
+sweep folders with a real Optuna study. The section tests at the end assert the numbers in
+each section's info object (extract -> info -> render).
 
 The main sweep uses sqlite storage in the sweep folder, as the default config does; the small
 side cases use the journal storage, which is quicker to create.
 
-`make_sweep` writes the folder layout of harness.sweep with fake but plausible records and
-`make_replicates` adds harness.replicate runs; the benchmark (benchmarks/report_scale.py) and
+`make_sweep` writes the folder layout of harness.sweep.driver with fake but plausible records and
+`make_replicates` adds harness.sweep.replicate runs; the benchmark (benchmarks/report_scale.py) and
 the browser test (tests/test_browser.py) reuse them.
 """
 
@@ -12,30 +14,63 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import shutil
+import statistics
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
+import plotly.graph_objects as go
 import plotly.offline
 import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from harness import report
+import harness.report.page as report
+from harness.cli import main
+from harness.layout import baseline_digest, baseline_dir, replicate_dir
 from harness.records import (
     COMPLETE,
     FAILED,
     PRUNED,
     TrialError,
     TrialRecord,
+    read_record,
     write_record,
 )
-from harness.report import NO_RESULT, load_sweep, write_exports, write_report
-from harness.space import parse_space, suggest
+from harness.report.compare import compare_file_name, write_compare
+from harness.report.exports import write_exports
+from harness.report.html import static
+from harness.report.page import extract, write_report
+from harness.report.sections.cost import extract_cost
+from harness.report.sections.environment import extract_environment
+from harness.report.sections.evals import extract_lm_eval, extract_mt_bench
+from harness.report.sections.failures import extract_config_diff, extract_failures
+from harness.report.sections.leaderboard import extract_leaderboard, extract_pareto
+from harness.report.sections.metrics import extract_methods
+from harness.report.sections.optuna_plots import extract_importance
+from harness.report.sections.replicates import extract_replicates
+from harness.report.sections.summary import extract_summary
+from harness.report.sections.training import extract_loss, extract_resources
+from harness.stats import CISettings, mean_interval
 from harness.study import make_storage
+from harness.sweep.results import (
+    NO_RESULT,
+    compute_hours,
+    delta,
+    deltas,
+    device_text,
+    front_2d,
+    load_sweep,
+    peak_memory_mb,
+    read_trial,
+)
+from harness.sweep.space import parse_space, suggest
 
 XSS_SCRIPT = "<script>alert(1)</script>"
 XSS_IMG = "<img src=x onerror=alert(1)>"
@@ -58,10 +93,10 @@ def make_sweep(root: Path, n_trials: int = 8, *, statuses: dict[int, str] | None
                objectives: tuple = (("perplexity", "minimize"),), history: int = 30,
                no_result: tuple[int, ...] = (), seed: int = 0, storage: str = "sqlite",
                extra_metrics: int = 0, evals: bool = False, name: str = "synthetic") -> Path:
-    """A sweep folder like harness.sweep writes; trials not in `statuses` are COMPLETE.
+    """A sweep folder like harness.sweep.driver writes; trials not in `statuses` are COMPLETE.
 
     extra_metrics adds that many lm-eval style tasks (`lm_eval/task<i>/acc` and `..._stderr`);
-    evals adds lm-eval and MT-Bench metrics as harness.battery names them (base model too).
+    evals adds lm-eval and MT-Bench metrics as harness.eval.battery names them (base model too).
     """
     sweep_dir = root / "sweeps" / name
     (sweep_dir / "trials").mkdir(parents=True)
@@ -108,7 +143,7 @@ def _sweep_cfg(name: str, sweep_dir: Path, objectives: tuple, storage: str):
 
 
 def eval_metrics(rng: random.Random, gain: float) -> dict:
-    """lm-eval per-task and MT-Bench per-category metrics, named as harness.battery does."""
+    """lm-eval per-task and MT-Bench per-category metrics, named as harness.eval.battery does."""
     out = {}
     for task in LM_EVAL_TASKS:
         out[f"lm_eval/{task}"] = 0.3 + gain + rng.uniform(0, 0.1)
@@ -166,7 +201,7 @@ def _record(number: int, status: str, values: dict, trial_dir: Path, rng: random
         trainable_params=rank * 100_000, total_params=135_000_000,
         loss_history=_loss_history(history, quality),
         log_path=str(trial_dir / "trial.log"), config_path=str(trial_dir / "config.yaml"),
-        versions=VERSIONS, git_commit="abc123", extra={"device": dict(GPU)}, seed=42)
+        versions=VERSIONS, git_commit="abc123", device=dict(GPU), seed=42)
     if status == COMPLETE:
         record.metrics = _metrics(14.0 - 2.5 * quality, 0.2 + 0.05 * quality)
         record.samples = [{"prompt": p, "reference": f"reference {i}",
@@ -202,14 +237,11 @@ def _loss_history(n: int, quality: float) -> list[dict]:
 
 def make_replicates(sweep_dir: Path, spread: dict[int, float], seeds: tuple[int, ...] = (1, 2, 3),
                     *, failed: tuple[int, ...] = (), generation: str | None = None) -> None:
-    """Replicate records (harness.replicate's layout) of the given trials: each seed's metrics
+    """Replicate records (harness.sweep.replicate's layout) of the given trials: each seed's metrics
     are the trial's plus a seeded offset of +-spread (relative) on perplexity and rouge.
 
     failed: seeds whose replicate FAILED; generation: text put in every replicate's samples.
     """
-    from harness.records import read_record
-    from harness.replicate import replicate_dir
-
     for number, size in spread.items():
         source = read_record(sweep_dir / "trials" / f"{number:04d}")
         for seed in seeds:
@@ -413,11 +445,11 @@ def test_journal_storage_and_moved_folder(tmp_path: Path) -> None:
 
 
 def test_failing_section_keeps_report_and_plotlyjs(tmp_path: Path, monkeypatch) -> None:
-    def broken(data, figs):
-        figs.html(report.go.Figure())
+    def broken(info, figs):
+        figs.html(go.Figure())
         raise RuntimeError("boom <b>")
 
-    sections = [(s, t, broken if s == "history" else f) for s, t, f in report.SECTIONS]
+    sections = [replace(s, render=broken) if s.id == "history" else s for s in report.SECTIONS]
     monkeypatch.setattr(report, "SECTIONS", sections)
     sweep = make_sweep(tmp_path, 3, storage="journal")
     page = write_report(sweep, tmp_path / "r.html").read_text(encoding="utf-8")
@@ -442,20 +474,19 @@ def test_cost_columns_in_table_and_exports(sweep: Path, tmp_path: Path) -> None:
 
 def test_compute_hours_cpu_uses_threads() -> None:
     record = TrialRecord(number=0, status=COMPLETE, method="lora", wall_seconds=1800.0,
-                         peak_rss_mb=700.0, extra={"device": {"type": "cpu", "threads": 4}})
-    assert report.compute_hours(record) == (pytest.approx(2.0), "CPU-h")
-    assert report.peak_memory_mb(record) == 700.0
+                         peak_rss_mb=700.0, device={"type": "cpu", "threads": 4})
+    assert compute_hours(record) == (pytest.approx(2.0), "CPU-h")
+    assert peak_memory_mb(record) == 700.0
     gpu = TrialRecord(number=1, status=COMPLETE, method="lora", wall_seconds=3600.0,
-                      gpu_max_allocated_mb=5000.0, extra={"device": {"type": "cuda",
-                                                                     "count": 2}})
-    assert report.compute_hours(gpu) == (pytest.approx(2.0), "GPU-h")
+                      gpu_max_allocated_mb=5000.0, device={"type": "cuda", "count": 2})
+    assert compute_hours(gpu) == (pytest.approx(2.0), "GPU-h")
 
 
 def test_front_2d() -> None:
     points = [(1.0, 10.0, "a"), (2.0, 8.0, "b"), (3.0, 9.0, "c"), (4.0, 5.0, "d"),
               (4.0, 7.0, "e"), (0.5, 12.0, "f")]
-    assert report.front_2d(points, sign=1.0) == ["f", "a", "b", "d"]      # minimize y
-    assert report.front_2d(points, sign=-1.0) == ["f"]                     # maximize y
+    assert front_2d(points, sign=1.0) == ["f", "a", "b", "d"]      # minimize y
+    assert front_2d(points, sign=-1.0) == ["f"]                     # maximize y
 
 
 def test_leaderboard_ranks_with_costs(page: str, sweep: Path) -> None:
@@ -471,7 +502,7 @@ def test_cost_section_draws_both_fronts(page: str, sweep: Path) -> None:
     assert cost.count('class="plotly-graph-div"') == 1
     assert "against peak memory" in cost and "against compute" in cost
     data = load_sweep(sweep)
-    cheapest = min(data.ranked, key=report.peak_memory_mb)
+    cheapest = min(data.ranked, key=peak_memory_mb)
     assert f"#{cheapest.number}</td>" in cost.split("against compute")[0]  # on the memory front
     assert "GPU-h" in cost
 
@@ -493,10 +524,13 @@ def test_multi_objective_front_is_non_dominated(tmp_path: Path) -> None:
 
 # -- the full picture --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def eval_page(tmp_path_factory) -> str:
-    root = tmp_path_factory.mktemp("evals")
-    sweep = make_sweep(root, 6, evals=True, storage="journal")
-    return write_report(sweep, root / "r.html").read_text(encoding="utf-8")
+def eval_sweep(tmp_path_factory) -> Path:
+    return make_sweep(tmp_path_factory.mktemp("evals"), 6, evals=True, storage="journal")
+
+
+@pytest.fixture(scope="module")
+def eval_page(eval_sweep: Path) -> str:
+    return write_report(eval_sweep, eval_sweep.parent / "r.html").read_text(encoding="utf-8")
 
 
 def test_lm_eval_per_task_and_mt_bench_per_category(eval_page: str) -> None:
@@ -605,8 +639,6 @@ def test_replicates_exported(replicated: Path, tmp_path: Path) -> None:
 
 
 def test_ci_settings_change_the_report(replicated: Path, tmp_path: Path) -> None:
-    from harness.uncertainty import CISettings
-
     t_page = write_report(replicated, tmp_path / "t.html").read_text(encoding="utf-8")
     p_page = write_report(replicated, tmp_path / "p.html",
                           CISettings(method="percentile")).read_text(encoding="utf-8")
@@ -616,8 +648,6 @@ def test_ci_settings_change_the_report(replicated: Path, tmp_path: Path) -> None
 
 # -- across sweeps ----------------------------------------------------------------------------
 def test_compare_two_sweeps(tmp_path: Path) -> None:
-    from harness.compare import compare_file_name, write_compare
-
     a = make_sweep(tmp_path, 5, name="qlora_rank", storage="journal", seed=1)
     b = make_sweep(tmp_path, 5, name="lora_lr", storage="journal", seed=2, evals=True)
     make_replicates(a, {load_sweep(a).best.number: 0.02})
@@ -639,16 +669,12 @@ def test_compare_two_sweeps(tmp_path: Path) -> None:
 
 
 def test_compare_file_name_is_safe() -> None:
-    from harness.compare import compare_file_name
-
     assert compare_file_name(["a/b", "c d"]) == "compare-a_b-c_d.html"
     long = compare_file_name([f"sweep_{i:03d}_with_a_long_name" for i in range(10)])
     assert len(long) < 80 and long.startswith("compare-sweep_000")
 
 
 def test_cli_compare_and_errors(tmp_path: Path, monkeypatch, capsys) -> None:
-    from harness.cli import main
-
     make_sweep(tmp_path, 3, name="one", storage="journal")
     make_sweep(tmp_path, 3, name="two", storage="journal")
     monkeypatch.chdir(tmp_path)
@@ -663,3 +689,250 @@ def test_cli_compare_and_errors(tmp_path: Path, monkeypatch, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert all(line.startswith("harness: error: ") for line in err) and len(err) == 4
     assert "compare.sweeps" in err[0] and "nope" in err[1] and "frobnicate" in err[2]
+
+
+# -- the numbers behind the sections (extract -> info objects) --------------------------------
+BASE_PERPLEXITY = 20.0           # the synthetic base model's (see _write_baseline)
+
+
+def test_every_shown_section_has_an_info_object(sweep: Path, tmp_path: Path) -> None:
+    data = load_sweep(sweep)
+    infos = extract(data)
+    assert list(infos) == [s.id for s in report.SECTIONS if s.id != "pareto"]
+    multi = load_sweep(make_sweep(tmp_path, 4, objectives=(("perplexity", "minimize"),
+                                                           ("rouge1", "maximize")),
+                                  storage="journal"))
+    assert "pareto" in extract(multi)
+
+
+def test_summary_info_numbers(sweep: Path) -> None:
+    data = load_sweep(sweep)
+    info = extract_summary(data)
+    best = data.study.best_trial
+    assert info.n_trials == 8
+    assert dict(info.status_counts) == {COMPLETE: 5, FAILED: 1, PRUNED: 1, NO_RESULT: 1}
+    head = info.headline
+    assert head.number == best.number and head.value == pytest.approx(best.value)
+    assert head.base == BASE_PERPLEXITY
+    assert head.delta == pytest.approx(best.value - BASE_PERPLEXITY)
+    assert head.delta_pct == pytest.approx(100 * (best.value - BASE_PERPLEXITY)
+                                           / BASE_PERPLEXITY)
+    assert head.compute_unit == "GPU-h"
+    assert head.compute_hours == pytest.approx(data.best.wall_seconds / 3600)
+    assert not head.seeds.replicated and head.pareto is None
+    rows = {r.metric: r for r in info.comparison}
+    assert rows["perplexity"].delta == pytest.approx(head.delta)
+    assert rows["rouge1"].base == pytest.approx(0.10)
+
+
+def test_leaderboard_info_order_and_deltas(sweep: Path) -> None:
+    data = load_sweep(sweep)
+    info = extract_leaderboard(data)
+    assert [r.number for r in info.rows] == [r.number for r in data.ranked]
+    assert [r.rank for r in info.rows] == list(range(1, len(data.ranked) + 1))
+    values = [r.values[0] for r in info.rows]
+    assert values == sorted(values) and info.more == 0 and info.direction == "minimize"
+    for row, record in zip(info.rows, data.ranked, strict=True):
+        assert row.delta == pytest.approx(record.metrics["perplexity"] - BASE_PERPLEXITY)
+        assert row.delta_pct == pytest.approx(100 * row.delta / BASE_PERPLEXITY)
+        assert row.peak_memory_mb == record.gpu_max_allocated_mb
+        assert row.compute_hours == pytest.approx(record.wall_seconds / 3600)
+        assert row.trainable_pct == pytest.approx(100 * record.trainable_params
+                                                  / record.total_params)
+        assert row.on_front is None                                # one objective
+
+
+def test_cost_info_fronts_are_the_non_dominated_trials(sweep: Path) -> None:
+    data = load_sweep(sweep)
+    info = extract_cost(data)
+    assert [p.key for p in info.panels] == ["memory", "compute"]
+    for panel in info.panels:
+        points = {p.number: (p.cost, p.value) for p in panel.points}
+        assert set(points) == {r.number for r in data.ranked}
+        expected = {n for n, (c, v) in points.items()
+                    if not any(c2 <= c and v2 <= v and (c2, v2) != (c, v)
+                               for c2, v2 in points.values())}
+        assert set(panel.front_numbers) == expected
+        costs = [points[n][0] for n in panel.front_numbers]
+        assert costs == sorted(costs)                              # in order of cost
+        values = [points[n][1] for n in panel.front_numbers]
+        assert values == sorted(values, reverse=True)              # each cheaper one is worse
+    memory = info.panels[0]
+    cheapest = min(data.ranked, key=peak_memory_mb)
+    assert memory.front_numbers[0] == cheapest.number
+    assert memory.points[0].cost == peak_memory_mb(data.ranked[0])
+
+
+def test_methods_info_best_and_median(sweep: Path) -> None:
+    data = load_sweep(sweep)
+    info = extract_methods(data)
+    assert info.metric == "perplexity" and info.metrics == ("perplexity",)
+    for row in info.rows:
+        mine = [r for r in data.records if r.method == row.method]
+        done = [r.metrics["perplexity"] for r in mine if r.status == COMPLETE]
+        assert row.trials == len(mine) and row.completed == len(done)
+        assert row.best == (min(done) if done else None)
+        assert row.median == (pytest.approx(statistics.median(done)) if done else None)
+    assert sum(r.trials for r in info.rows) == 8
+    best_by_method = {r.method: r.best for r in info.rows if r.best is not None}
+    assert min(best_by_method.values()) == pytest.approx(data.best.metrics["perplexity"])
+    boxes = {b.method: b for b in info.boxes}
+    assert sorted(n for b in boxes.values() for n in b.numbers) == sorted(
+        r.number for r in data.ranked)
+
+
+def test_replicates_info_intervals(replicated: Path) -> None:
+    data = load_sweep(replicated)
+    info = extract_replicates(data)
+    assert info.hint is None and info.metric == "perplexity"
+    means = [float(np.mean(g.values)) for g in info.groups]
+    assert means == sorted(means) and len(info.groups) == 3
+    reference = [g for g in info.groups if g.reference]
+    assert [g.number for g in reference] == [data.best_group.number]
+    assert info.reference == data.best_group.label
+    for stats in info.groups:
+        group = data.groups[stats.number]
+        assert stats.seeds == (42, 1, 2, 3) and list(stats.values) == group.values("perplexity")
+        assert stats.mean == mean_interval(group.values("perplexity"), data.ci)
+        assert stats.mean.low < np.mean(stats.values) < stats.mean.high
+        assert stats.vs_base.estimate == pytest.approx(np.mean(stats.values) - BASE_PERPLEXITY)
+        assert stats.vs_base.width == pytest.approx(stats.mean.width)
+        assert (stats.vs_best is None) == stats.reference
+    worst = info.groups[-1]
+    assert worst.number == data.ranked[-1].number
+    assert worst.vs_best.low > 0                          # clearly worse than the best
+    assert len(info.pairs) == 3                           # 3 configurations, pairwise
+    assert all(p.better == info.groups[0].label for p in info.pairs if p.a == info.groups[0].label
+               and p.better is not None)
+    assert [m for m, _, _ in info.by_method] == sorted({g.method for g in info.groups})
+    assert info.plots[0].seeds.count(42) == 3 and len(info.plots[0].seed_values) == 12
+
+
+def test_replicates_info_without_replicates_is_a_hint(sweep: Path) -> None:
+    info = extract_replicates(load_sweep(sweep))
+    assert info.hint is not None and "action=replicate" in info.hint and not info.groups
+
+
+def test_summary_seeds_line_numbers(replicated: Path) -> None:
+    data = load_sweep(replicated)
+    line = extract_summary(data).headline.seeds
+    assert line.replicated and line.level == 0.95
+    assert line.stats.number == data.best.number and line.stats.mean.n == 4
+    ref = data.best_group
+    assert line.reference == (None if ref.number == data.best.number else (ref.number,
+                                                                            ref.method))
+
+
+def test_pareto_and_leaderboard_info_multi_objective(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path, 10, objectives=(("perplexity", "minimize"),
+                                                 ("rouge1", "maximize")), storage="journal")
+    data = load_sweep(sweep)
+    pareto = extract_pareto(data)
+    assert [r.number for r in pareto.rows] == sorted(data.front_numbers)
+    assert pareto.objectives == ("perplexity", "rouge1") and pareto.study is not None
+    for row in pareto.rows:
+        record = data.records[row.number]
+        assert row.values == (record.metrics["perplexity"], record.metrics["rouge1"])
+    board = extract_leaderboard(data)
+    assert {r.number for r in board.rows if r.on_front} == data.front_numbers & {
+        r.number for r in board.rows}
+    assert extract_summary(data).headline.pareto == tuple(sorted(data.front_numbers))
+
+
+def test_eval_info_runs_and_scores(eval_sweep: Path) -> None:
+    data = load_sweep(eval_sweep)
+    lm = extract_lm_eval(data)
+    assert lm.labels == LM_EVAL_TASKS and lm.total == len(LM_EVAL_TASKS)
+    labels = [run.label for run in lm.runs]
+    assert labels[0] == "base model" and labels[1] == f"best #{data.best.number} " \
+        f"{data.best.method}" and len(labels) == 4
+    for run, record in zip(lm.runs, [data.baseline, *data.ranked[:3]], strict=True):
+        assert run.scores == tuple(record.metrics[f"lm_eval/{t}"] for t in LM_EVAL_TASKS)
+        assert run.errors == (0.04, 0.04)
+    mt = extract_mt_bench(data)
+    assert mt.metrics[:3] == ("mt_bench/score", "mt_bench/turn1", "mt_bench/turn2")
+    assert set(mt.labels[3:]) == set(MT_BENCH_CATEGORIES)
+    assert mt.count_names == tuple(sorted(mt.count_names)) and "mt_bench/judged" in mt.count_names
+    assert all(e is None for run in mt.runs for e in run.errors)
+    assert mt.runs[1].counts[mt.count_names.index("mt_bench/judged")] == 12.0
+
+
+def test_failures_loss_and_resources_info(sweep: Path) -> None:
+    data = load_sweep(sweep)
+    failures = extract_failures(data)
+    assert [(r.label, r.status) for r in failures.rows] == [("2", FAILED), ("5", PRUNED),
+                                                              ("6", NO_RESULT)]
+    assert failures.rows[0].reason == f"OutOfMemoryError: {OOM_MESSAGE}"
+    assert "starting trial 2" in failures.rows[0].tail
+    assert failures.rows[2].reason == data.records[6].note and "RUNNING" in data.records[6].note
+    loss = extract_loss(data)
+    assert loss.curves[0].number == data.best.number and loss.curves[0].best
+    assert not any(c.best for c in loss.curves[1:]) and loss.total == 7
+    assert len(loss.curves[0].train) == 30 and len(loss.curves[0].eval) == 6
+    resources = extract_resources(data)
+    assert [r.number for r in resources.rows] == [0, 1, 2, 3, 4, 5, 7]
+    diff = extract_config_diff(data)
+    assert diff.trials == tuple(r.number for r in data.ranked[:3])
+    assert "method.train.learning_rate" in diff.keys
+
+
+def test_environment_and_importance_info(sweep: Path) -> None:
+    data = load_sweep(sweep)
+    env = extract_environment(data)
+    assert env.devices == (("GPU: NVIDIA H100 80GB HBM3 x 1", 7), ("CPU (device not recorded)",
+                                                                     1))
+    assert env.commits == (("abc123", 8),) and not env.mixed
+    assert dict(env.versions)["torch"] == (("2.13.0", 8),)
+    importance = extract_importance(data)
+    assert importance.skip is None and importance.completed == 5
+    assert set(importance.varied) <= set(PARAMS) and importance.how.startswith("fANOVA")
+
+
+def test_baseline_is_found_by_the_sweeps_digest(tmp_path: Path) -> None:
+    sweep = make_sweep(tmp_path, 3, storage="journal")
+    cfg = OmegaConf.load(sweep / "sweep.yaml")
+    cfg.model, cfg.data, cfg.eval = {"name": "tiny"}, {"name": "embedded"}, {"seed": 0}
+    (sweep / "sweep.yaml").write_text(OmegaConf.to_yaml(cfg))
+    assert load_sweep(sweep).baseline.metrics["perplexity"] == BASE_PERPLEXITY   # newest
+    ours = baseline_dir(sweep, baseline_digest(cfg))
+    ours.mkdir(parents=True)
+    write_record(TrialRecord(number=-1, status=COMPLETE, method="base",
+                             metrics=_metrics(30.0, 0.1)), ours)
+    os.utime(ours / "result.json", (1, 1))                 # older than the other baseline
+    data = load_sweep(sweep)
+    assert data.baseline.metrics["perplexity"] == 30.0
+    best = data.trials.set_index("number").loc[data.best.number]
+    assert best["delta:perplexity"] == pytest.approx(data.best.metrics["perplexity"] - 30.0)
+
+
+def test_deltas_are_one_computation() -> None:
+    base = TrialRecord(number=-1, status=COMPLETE, method="base",
+                       metrics={"a": 2.0, "b": 4.0, "c": "text", "d": 0.0})
+    trial = TrialRecord(number=0, status=COMPLETE, method="lora",
+                        metrics={"a": 3.0, "b": float("nan"), "c": 1.0, "d": 1.0, "e": 1.0})
+    assert deltas(trial.metrics, base) == {"a": 1.0, "d": 1.0}
+    assert deltas(trial.metrics, base.metrics) == deltas(trial.metrics, base)
+    assert delta(trial, base, "a") == (1.0, 50.0)
+    assert delta(trial, base, "d") == (1.0, None)                 # no % of a zero base
+    assert delta(trial, None, "a") == (None, None)
+
+
+def test_old_records_with_device_in_extra_are_read(tmp_path: Path) -> None:
+    folder = tmp_path / "0000"
+    folder.mkdir()
+    old = json.loads(TrialRecord(number=0, status=COMPLETE, method="lora",
+                                 wall_seconds=1800.0).to_json())
+    for key in ("device", "note"):
+        old.pop(key)
+    old["extra"] = {"device": {"type": "cpu", "threads": 4}}
+    (folder / "result.json").write_text(json.dumps(old))
+    record = read_trial(0, folder)
+    assert record.device == {"type": "cpu", "threads": 4} and "device" not in record.extra
+    assert compute_hours(record) == (pytest.approx(2.0), "CPU-h")
+    assert device_text(record) == "CPU: ?, 4 torch threads"
+
+
+def test_css_and_sort_script_are_package_data(page: str) -> None:
+    css, js = static("report.css"), static("sort.js")
+    assert "table.sortable th" in css and "querySelectorAll" in js
+    assert f"<style>\n{css}</style>" in page and f"<script>\n{js}</script>" in page

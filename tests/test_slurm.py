@@ -19,9 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import slurm
-from harness.config import ConfigError, compose_config, resolve_paths, to_yaml
+from harness.config.compose import compose_config, resolve_paths, to_yaml
+from harness.config.validate import check_slurm_config
+from harness.errors import ConfigError
+from harness.launch.slurm import job as slurm_job
+from harness.launch.slurm import queue as slurm_queue
+from harness.launch.slurm import settings, submit
 from harness.records import COMPLETE, FAILED, read_record
+from harness.sweep.driver import prepare
+from harness.train.callbacks import request_checkpoint
 from tests.conftest import REPO, run_cli
 
 IN_CI = os.environ.get("CI") == "true"
@@ -51,15 +57,13 @@ def test_slurm_launcher_defaults_to_journal_storage():
 
 
 def test_sqlite_is_refused_for_multi_node_trials():
-    slurm.check_slurm_config(_cfg("storage=sqlite"))           # one node: allowed
+    check_slurm_config(_cfg("storage=sqlite"))           # one node: allowed
     with pytest.raises(ConfigError, match="storage=sqlite cannot be shared.*journal"):
-        slurm.check_slurm_config(_cfg("storage=sqlite", "launcher.nodes=2"))
-    slurm.check_slurm_config(_cfg("launcher.nodes=2"))         # journal: fine
+        check_slurm_config(_cfg("storage=sqlite", "launcher.nodes=2"))
+    check_slurm_config(_cfg("launcher.nodes=2"))         # journal: fine
 
 
 def test_sweep_refuses_sqlite_for_multi_node_before_writing(tmp_path):
-    from harness.sweep import prepare
-
     with pytest.raises(ConfigError, match="storage=sqlite cannot be shared by trials running "
                                           "on 2 nodes"):
         prepare(["launcher=slurm", "storage=sqlite", "launcher.nodes=2",
@@ -75,7 +79,7 @@ def test_sweep_refuses_sqlite_for_multi_node_before_writing(tmp_path):
 ])
 def test_bad_launcher_values_name_the_field(override, field):
     with pytest.raises(ConfigError, match=f"launcher.{field}"):
-        slurm.check_slurm_config(_cfg(override))
+        check_slurm_config(_cfg(override))
 
 
 def test_sbatch_parameters_pass_every_option():
@@ -83,47 +87,49 @@ def test_sbatch_parameters_pass_every_option():
                "launcher.gpus_per_node=4", "launcher.mem_gb=64", "launcher.constraint=a100",
                "launcher.timeout_min=90", "+launcher.additional.exclude=node01",
                "launcher.setup=[module load cuda]")
-    params = slurm.sbatch_parameters(cfg.launcher)
+    params = settings.sbatch_parameters(cfg.launcher)
     assert params | {"partition": "gpu", "account": "lab", "qos": "high", "gpus_per_node": 4,
                      "mem": "64GB", "constraint": "a100", "time": 90} == params
     assert params["additional_parameters"] == {"exclude": "node01", "requeue": True}
     assert params["setup"][0].startswith("export PYTHONPATH=")
     assert params["setup"][1] == "module load cuda"
-    assert slurm.nproc_per_node(cfg.launcher) == 4
-    assert slurm.nproc_per_node(_cfg().launcher) == 1
+    assert settings.nproc_per_node(cfg.launcher) == 4
+    assert settings.nproc_per_node(_cfg().launcher) == 1
 
 
 def test_torchrun_command_lines():
-    one = slurm.torchrun_command("/s/trials/0001", nproc=2)
+    info = {"launcher": "slurm", "job_id": "12_3", "node": "n01"}
+    one = slurm_job.torchrun_command("/s/trials/0001", nproc=2, job_info=info)
     assert one[1:] == ["-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone",
-                       "-m", "harness.trial", "/s/trials/0001"]
-    many = slurm.torchrun_command("/t", nproc=8, nodes=2, node_rank=1, master="n01", port=23456)
+                       "-m", "harness.trial", "/s/trials/0001", "--job-info", json.dumps(info)]
+    many = slurm_job.torchrun_command("/t", nproc=8, job_info=info, nodes=2, node_rank=1,
+                                      master="n01", port=23456)
     assert many[4:8] == ["--nnodes=2", "--node-rank=1", "--master-addr=n01",
                          "--master-port=23456"]
 
 
 def test_sacct_output_expands_job_arrays(monkeypatch):
     out = "7_[2-3%2]|PENDING||||\n7_0|CANCELLED by 0|vm|0:15|None\n7_1|COMPLETED|vm|0:0|None\n"
-    monkeypatch.setattr(slurm, "_run", lambda cmd, timeout=0: out.replace("||||", "||0:0|"))
-    found = slurm.sacct_status(["7_0", "7_3"])
+    monkeypatch.setattr(slurm_queue, "_run", lambda cmd, timeout=0: out.replace("||||", "||0:0|"))
+    found = slurm_queue.sacct_status(["7_0", "7_3"])
     assert {k: v.state for k, v in found.items()} == {
         "7_0": "CANCELLED", "7_1": "COMPLETED", "7_2": "PENDING", "7_3": "PENDING"}
 
 
 def test_failure_reasons_name_state_job_and_log(tmp_path):
-    queue = slurm.SlurmQueue(max_age_s=3600)
+    queue = slurm_queue.SlurmQueue(max_age_s=3600)
     queue.refreshed = time.time()
-    job = slurm.SlurmTrialJob(tmp_path, "12_3", tmp_path / "slurm", queue, timeout_min=5)
+    job = submit.SlurmTrialJob(tmp_path, "12_3", tmp_path / "slurm", queue, timeout_min=5)
     for state, text in [("CANCELLED", "cancelled (scancel)"), ("TIMEOUT", "timed out"),
                         ("NODE_FAIL", "node failure"), ("OUT_OF_MEMORY", "out of memory")]:
-        queue.status["12_3"] = slurm.JobStatus(state)
+        queue.status["12_3"] = slurm_queue.JobStatus(state)
         job.last = None
         assert job.done()
         reason = job.failure_reason()
         assert reason.startswith(text) and "job 12_3" in reason and "12_3_0_log.out" in reason
-    queue.status["12_3"] = slurm.JobStatus("RUNNING")
+    queue.status["12_3"] = slurm_queue.JobStatus("RUNNING")
     assert not job.done()
-    queue.status["12_3"] = slurm.JobStatus("PENDING", reason="BadConstraints")
+    queue.status["12_3"] = slurm_queue.JobStatus("PENDING", reason="BadConstraints")
     cancelled = []
     job.cancel = lambda: cancelled.append(True)
     assert job.done() and cancelled and "can never start" in job.failure_reason()
@@ -132,8 +138,8 @@ def test_failure_reasons_name_state_job_and_log(tmp_path):
 def test_remote_traceback_is_the_failure_reason(tmp_path):
     from submitit.core.utils import cloudpickle_dump
 
-    queue = slurm.SlurmQueue(max_age_s=3600)
-    job = slurm.SlurmTrialJob(tmp_path, "41", tmp_path, queue, timeout_min=5)
+    queue = slurm_queue.SlurmQueue(max_age_s=3600)
+    job = submit.SlurmTrialJob(tmp_path, "41", tmp_path, queue, timeout_min=5)
     trace = "Traceback (most recent call last):\n  File x\nValueError: boom\n"
     cloudpickle_dump(("error", trace), job.paths.result_pickle)
     assert job.done()
@@ -143,13 +149,11 @@ def test_remote_traceback_is_the_failure_reason(tmp_path):
 def test_sbatch_error_keeps_one_line():
     text = ("sbatch: error: invalid partition specified: nope\n"
             "sbatch: error: Batch job submission failed: Invalid partition name specified\n")
-    assert slurm.sbatch_error(text) == "Batch job submission failed: Invalid partition name " \
+    assert submit.sbatch_error(text) == "Batch job submission failed: Invalid partition name " \
                                        "specified"
 
 
 def test_checkpoint_request_needs_running_training():
-    from harness.train import request_checkpoint
-
     assert request_checkpoint(lambda: None) is False
 
 
@@ -288,7 +292,7 @@ def test_sweep_on_slurm_resumes_after_driver_kill(cluster, tmp_path):
 def _finished_before(cwd: Path, sweep: str, name: str) -> bool:
     """The trial's job ended while no driver ran (the rerun tells its record, no re-attach)."""
     record = read_record(cwd / "sweeps" / sweep / "trials" / name)
-    return record is not None and record.extra.get("job_seconds") is None
+    return record is not None and record.job_seconds is None
 
 
 @pytest.fixture(scope="module")
@@ -349,8 +353,8 @@ def _check_resumed(trial_dir: Path, signal_line: str) -> None:
     record = read_record(trial_dir)
     assert record.status == COMPLETE, record.error
     assert record.job["restart_count"] >= 1
-    assert record.extra["resumed_from_step"] > 0       # from its checkpoint, not from step 0
-    assert record.extra["train_steps"] == 40
+    assert record.resumed_from_step > 0       # from its checkpoint, not from step 0
+    assert record.train_steps == 40
     log_text = Path(record.job["stdout"]).read_text()
     assert signal_line in log_text
     assert f"resuming from {trial_dir}/checkpoints/checkpoint-" in log_text
@@ -395,18 +399,18 @@ def test_impossible_request_fails_at_submit(cluster, tmp_path):
 ])
 def test_impossible_requests_are_refused_by_the_launcher(cluster, tmp_path, override, message):
     cfg = compose_config([*FAST, "sweep.name=ci_refused", f"paths.sweeps={tmp_path}", override])
-    with pytest.raises(slurm.SubmitError, match="sbatch refused the trial job") as info:
-        slurm.SlurmLauncher(cfg)
+    with pytest.raises(submit.SubmitError, match="sbatch refused the trial job") as info:
+        submit.SlurmLauncher(cfg)
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
 @pytest.mark.slurm
 def test_submit_error_is_raised_not_waited_on(cluster, tmp_path):
     cfg = compose_config([*FAST, "sweep.name=ci_submit", f"paths.sweeps={tmp_path}"])
-    launcher = slurm.SlurmLauncher(cfg)
+    launcher = submit.SlurmLauncher(cfg)
     launcher.executor.update_parameters(cpus_per_task=64)
     (tmp_path / "t").mkdir()
-    with pytest.raises(slurm.SubmitError, match="More processors requested than permitted"):
+    with pytest.raises(submit.SubmitError, match="More processors requested than permitted"):
         launcher.submit(tmp_path / "t")
 
 
@@ -414,7 +418,7 @@ def test_submit_error_is_raised_not_waited_on(cluster, tmp_path):
 def test_job_that_raises_returns_its_traceback(cluster, tmp_path):
     """A job whose function raises (here: no config.yaml) is done, with the remote error."""
     cfg = compose_config([*FAST, "sweep.name=ci_raise", f"paths.sweeps={tmp_path}"])
-    launcher = slurm.SlurmLauncher(cfg)
+    launcher = submit.SlurmLauncher(cfg)
     (tmp_path / "empty").mkdir()
     job = launcher.submit(tmp_path / "empty")
     wait_until(job.done, 180, "the job to fail")
@@ -435,12 +439,12 @@ def test_data_parallel_trial_under_torchrun(cluster, tmp_path):
     trial_dir.mkdir(parents=True)
     cfg.trial = {"number": 0, "params": {}, "threads": 2, "dir": str(trial_dir)}
     (trial_dir / "config.yaml").write_text(to_yaml(cfg))
-    job = slurm.SlurmLauncher(cfg).submit(trial_dir)
+    job = submit.SlurmLauncher(cfg).submit(trial_dir)
     wait_until(job.done, 300, "the data-parallel trial")
     record = read_record(trial_dir)
     assert record is not None, job.failure_reason()
     assert record.status == COMPLETE, record.error
-    assert record.extra["train_steps"] == 6 and record.metrics["perplexity"] > 1
+    assert record.train_steps == 6 and record.metrics["perplexity"] > 1
     assert record.job["job_id"] == job.job_id
     log_text = Path(record.job["stdout"]).read_text()
     assert "torch.distributed.run --nproc-per-node=2 --standalone" in log_text

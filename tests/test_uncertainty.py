@@ -1,11 +1,11 @@
-"""harness.uncertainty: bootstrap confidence intervals over seeds."""
+"""harness.stats: bootstrap confidence intervals over seeds."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from harness.uncertainty import CISettings, difference_interval, mean_interval, spread
+from harness.stats import CISettings, difference_interval, mean_interval, spread
 
 PERCENTILE = CISettings(method="percentile")
 

@@ -1,0 +1,153 @@
+"""Load a trial's model: tokenizer, base weights (optionally 4/8-bit), and the LoRA adapter."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from omegaconf import DictConfig, OmegaConf
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+# model.dtype / compute_dtype names -> torch dtypes. torch is imported when a model is loaded,
+# not when this module is (the sweep driver imports it and never loads a model itself).
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype named `name` (one of DTYPES)."""
+    import torch
+
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {name!r}")
+    return getattr(torch, name)
+
+
+def device() -> torch.device:
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_source(model_cfg: DictConfig) -> dict:
+    """from_pretrained kwargs naming where the weights come from (hub id or local path)."""
+    kwargs = {"pretrained_model_name_or_path": str(model_cfg.path),
+              "trust_remote_code": bool(model_cfg.trust_remote_code)}
+    if model_cfg.source == "hub" and model_cfg.get("revision"):
+        kwargs["revision"] = model_cfg.revision
+    return kwargs
+
+
+def load_tokenizer(model_cfg: DictConfig):
+    """The model's tokenizer with a pad token (eos if the model defines none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(**model_source(model_cfg))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(quant: DictConfig):
+    """bitsandbytes settings for `method.quantization` (None when not quantized)."""
+    from transformers import BitsAndBytesConfig
+
+    bits = quant.get("bits")
+    if bits is None:
+        return None
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=quant.get("quant_type", "nf4"),
+        bnb_4bit_use_double_quant=bool(quant.get("double_quant", True)),
+        bnb_4bit_compute_dtype=torch_dtype(quant.get("compute_dtype", "bfloat16")),
+    )
+
+
+def load_base_model(model_cfg: DictConfig, quant: DictConfig | None = None):
+    """The base causal LM on this machine's device, quantized if `quant.bits` is set."""
+    from transformers import AutoModelForCausalLM
+
+    bnb = quantization_config(quant) if quant is not None else None
+    model = AutoModelForCausalLM.from_pretrained(
+        **model_source(model_cfg),
+        dtype=torch_dtype(model_cfg.dtype),
+        attn_implementation=model_cfg.get("attn_implementation", "sdpa"),
+        quantization_config=bnb,
+        device_map={"": str(device())},
+    )
+    if bnb is not None:
+        disable_bnb_cpu_inference_repack(model)
+    return model
+
+
+def disable_bnb_cpu_inference_repack(model: torch.nn.Module) -> int:
+    """Keep bitsandbytes 4-bit layers trainable on CPU after a no-grad forward.
+
+    On CPUs with avx512_bf16, bitsandbytes repacks a Linear4bit weight into an inference-only
+    layout on the first eval-mode forward (generate, evaluation); gradients through the base
+    are silently wrong from then on. Turning the repack off keeps training correct (and lifts
+    the out_features % 32 assertion). Returns the number of layers changed.
+    """
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
+def lora_alpha(lora: DictConfig) -> float:
+    """alpha, or rank * alpha_ratio when the ratio is set."""
+    ratio = lora.get("alpha_ratio")
+    return float(lora.rank) * float(ratio) if ratio is not None else float(lora.alpha)
+
+
+def lora_config(lora: DictConfig):
+    """peft LoraConfig for `method.lora`."""
+    from peft import LoraConfig
+
+    targets = lora.target_modules
+    if not isinstance(targets, str):
+        targets = list(OmegaConf.to_container(targets))
+    return LoraConfig(
+        r=int(lora.rank),
+        lora_alpha=lora_alpha(lora),
+        lora_dropout=float(lora.dropout),
+        target_modules=targets,
+        use_rslora=bool(lora.get("use_rslora", False)),
+        use_dora=bool(lora.get("use_dora", False)),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def load_trial_model(model_cfg: DictConfig, method: DictConfig):
+    """(model, tokenizer) ready to train for a method: quantized base + LoRA, or full weights."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    tokenizer = load_tokenizer(model_cfg)
+    model = load_base_model(model_cfg, method.quantization)
+    checkpointing = bool(method.train.get("gradient_checkpointing", False))
+    if method.quantization.get("bits") is not None:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
+    if method.peft == "lora":
+        model = get_peft_model(model, lora_config(method.lora))
+    return model, tokenizer
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit packed weights counted unpacked."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+        return int(trainable), int(total)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return int(trainable), int(sum(p.numel() for p in model.parameters()))

@@ -1,0 +1,75 @@
+"""PPO (trl.experimental.ppo, trl <= 1.12) from the SFT policy against a reward model."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from harness.train.arguments import preference_args
+from harness.train.callbacks import LossHistory
+from harness.train.dpo import frozen_copy
+from harness.train.modeling import lora_config, torch_dtype
+from harness.train.results import TrainResult
+from harness.train.reward import load_reward_model
+
+
+def _prompt_dataset(tokenizer, prompts: list[str]):
+    """input_ids of chat-rendered prompts with a generation prompt (PPOTrainer's input)."""
+    from datasets import Dataset
+
+    ids = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=True,
+                                         add_generation_prompt=True, return_dict=False)
+           for p in prompts]
+    return Dataset.from_dict({"input_ids": [list(map(int, x)) for x in ids]})
+
+
+def train_ppo(sft_dir: str | Path, reward_dir: str | Path, method: DictConfig,
+              model_cfg: DictConfig, prompts: list[str], output_dir: Path,
+              seed: int) -> tuple[object, object, TrainResult]:
+    """PPO (trl.experimental.ppo) from the SFT policy against the reward stage; value model
+    initialized from the reward model. Returns (policy, tokenizer, result)."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(sft_dir), padding_side="left")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    dtype = torch_dtype(model_cfg.dtype)
+    policy = AutoModelForCausalLM.from_pretrained(str(sft_dir), dtype=dtype)
+    lora = method.peft == "lora"
+    ref = None if lora else frozen_copy(AutoModelForCausalLM.from_pretrained(str(sft_dir),
+                                                                             dtype=dtype))
+    reward, _ = load_reward_model(reward_dir, model_cfg)
+    value, _ = load_reward_model(reward_dir, model_cfg)
+    ppo = method.ppo
+    args = PPOConfig(**preference_args(method, output_dir, seed, model_cfg),
+                     kl_coef=float(ppo.kl_coef), cliprange=float(ppo.cliprange),
+                     vf_coef=float(ppo.vf_coef), response_length=int(ppo.response_length),
+                     num_ppo_epochs=int(ppo.num_ppo_epochs),
+                     num_mini_batches=int(ppo.num_mini_batches),
+                     temperature=float(ppo.temperature),
+                     missing_eos_penalty=ppo.get("missing_eos_penalty"),
+                     total_episodes=int(ppo.total_episodes), stop_token="eos",
+                     local_rollout_forward_batch_size=int(method.train.per_device_train_batch_size),
+                     num_sample_generations=0)
+    history = LossHistory(Path(output_dir) / "loss.jsonl")
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref,
+                         reward_model=reward, value_model=value,
+                         train_dataset=_prompt_dataset(tokenizer, prompts),
+                         peft_config=lora_config(method.lora) if lora else None,
+                         callbacks=[history])
+    start = time.perf_counter()
+    trainer.train()
+    result = TrainResult(seconds=time.perf_counter() - start, steps=trainer.state.global_step,
+                         loss_history=history.rows)
+    trained = getattr(trainer.model, "policy", policy)
+    if hasattr(trained, "merge_and_unload"):
+        trained = trained.merge_and_unload()
+    trained.generation_config = GenerationConfig.from_pretrained(str(sft_dir))  # PPO clears eos
+    tokenizer.padding_side = "right"
+    return trained, tokenizer, result

@@ -1,0 +1,174 @@
+"""One trial, in its own process: setup -> train -> evaluate -> record.
+
+    python -m harness.trial sweeps/<sweep>/trials/0003
+
+reads `config.yaml` in that folder (the fully resolved trial config and its `trial:` spec,
+written by the driver) and writes `result.json` beside it, whatever happens: COMPLETE, PRUNED
+or FAILED with the error's class and message. The adapter (or full model) is saved under
+`model/`. The method kind picks the pipeline (harness.registry.METHOD_KINDS ->
+harness.trial.pipelines); the base model (spec.baseline) is evaluated untrained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from harness.eval.battery import run_battery
+from harness.layout import MODEL_DIR
+from harness.records import (
+    COMPLETE,
+    CONFIG_FILE,
+    FAILED,
+    LOG_FILE,
+    PRUNED,
+    TrialError,
+    TrialRecord,
+    TrialSpec,
+    package_versions,
+    read_trial_config,
+    write_record,
+)
+from harness.registry import METHOD_KINDS
+from harness.trial.pipelines import BasePipeline, Trained, TrialContext
+from harness.trial.process import leave_data_parallel, rank, record_machine, setup_process
+from harness.trial.scoring import SKIPPED, PreferenceResult, preference_metrics, scoring_stage
+
+log = logging.getLogger("harness.trial.run")
+
+
+def run_trial(trial_dir: str | Path, job: dict | None = None) -> TrialRecord:
+    """Run the trial described by `trial_dir/config.yaml`; always writes `result.json`.
+    `job`: the launcher's job information, copied into the record."""
+    trial_dir = Path(trial_dir).resolve()
+    cfg, spec = read_trial_config(trial_dir)
+    record = new_record(cfg, spec, trial_dir, job)
+    start = time.perf_counter()
+    try:
+        setup_process(spec)
+        run_pipeline(TrialContext(cfg, spec, trial_dir), record)
+        record.status = COMPLETE
+    except Exception as exc:  # noqa: BLE001 - every failure becomes part of the record
+        record_failure(record, exc, trial_dir)
+    record.wall_seconds = time.perf_counter() - start
+    record_machine(record)
+    if rank() == 0:   # data-parallel: rank 0 writes the record
+        write_record(record, trial_dir)
+    return record
+
+
+def run_pipeline(ctx: TrialContext, record: TrialRecord) -> None:
+    """Train (or load the base model), save, evaluate, score preferences: into `record`."""
+    pipeline = BasePipeline() if ctx.spec.baseline \
+        else METHOD_KINDS.load(str(ctx.cfg.method.get("kind", "sft")))()
+    trained = pipeline.train(ctx)
+    record_training(record, trained)
+    if leave_data_parallel():   # data-parallel: rank 0 goes on alone to save and evaluate
+        return
+    if trained.result is not None:
+        save_model(trained, ctx.trial_dir / MODEL_DIR, record)
+    run_battery(trained.model, trained.tokenizer, ctx.cfg, spec=ctx.spec).fill(record)
+    if ctx.spec.baseline:
+        return
+    start = time.perf_counter()
+    scorer = scoring_stage(ctx)   # the sweep's reward model: trained by the first trial
+    if scorer is None:
+        record.extra["preference_metrics"] = SKIPPED
+        return
+    record.stages.append(asdict(scorer))
+    record_preference(record, preference_metrics(ctx, trained, scorer))
+    # evaluation time, including the sweep's reward model when this trial had to train it
+    record.eval_seconds += time.perf_counter() - start
+
+
+# ----------------------------------------------------------------------------- the record
+
+
+def new_record(cfg: DictConfig, spec: TrialSpec, trial_dir: Path,
+               job: dict | None = None) -> TrialRecord:
+    """A record filled with what is known before any work starts. `job`: where the launcher's
+    job wrapper ran it (SLURM job id, node, log paths; see harness.launch.slurm)."""
+    return TrialRecord(
+        number=spec.number,
+        status=FAILED,
+        method="base" if spec.baseline else str(cfg.method.name),
+        params=dict(spec.params),
+        seed=spec.seed,
+        log_path=str(trial_dir / LOG_FILE),
+        config_path=str(trial_dir / CONFIG_FILE),
+        versions=package_versions(),
+        git_commit=spec.git_commit,
+        job=dict(job or {}),
+    )
+
+
+def record_training(record: TrialRecord, trained: Trained) -> None:
+    """Parameter counts, train time, steps, loss history, stages and notes of a pipeline."""
+    record.trainable_params, record.total_params = trained.params
+    result = trained.result
+    if result is None:   # the base model: nothing trained
+        return
+    record.train_seconds, record.loss_history = result.seconds, result.loss_history
+    record.train_steps, record.resumed_from_step = result.steps, result.resumed_from_step
+    record.stages = [asdict(s) for s in trained.stages]
+    record.extra.update(trained.notes)
+
+
+def save_model(trained: Trained, out: Path, record: TrialRecord) -> None:
+    """The trained adapter (or full model) and its tokenizer under the trial's model/."""
+    trained.model.save_pretrained(out)
+    trained.tokenizer.save_pretrained(out)
+    record.output_dir = str(out)
+
+
+def record_preference(record: TrialRecord, result: PreferenceResult) -> None:
+    record.metrics.update(result.metrics)
+    record.extra.update(result.extra)
+
+
+def record_failure(record: TrialRecord, exc: Exception, trial_dir: Path) -> None:
+    """PRUNED for an Optuna prune, else FAILED with the error's class and first line."""
+    record.status = PRUNED if type(exc).__name__ == "TrialPruned" else FAILED
+    record.error = TrialError(type=type(exc).__name__, message=_one_line(exc),
+                              log=str(trial_dir / LOG_FILE))
+    log.error("trial %s %s: %s", record.number, record.status, record.error.message)
+    if record.status == FAILED:
+        traceback.print_exc()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:500] if text else type(exc).__name__
+
+
+# ----------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of a trial process; exit code 0 unless the record could not be written."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    job: dict = {}
+    if len(args) == 3 and args[1] == "--job-info":   # a launcher's job wrapper (torchrun ranks)
+        job = json.loads(args.pop(2))
+        args.pop(1)
+    if len(args) != 1:
+        print("usage: python -m harness.trial TRIAL_DIR [--job-info JSON]", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    record = run_trial(args[0], job)
+    print(f"trial {record.number}: {record.status}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

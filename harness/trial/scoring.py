@@ -1,0 +1,85 @@
+"""Preference metrics of a trained policy against its reference, scored by the sweep's reward
+model: `scoring_stage` (the cached reward stage, trained by the first trial that needs it),
+then `preference_metrics` (pref_accuracy, reward_mean, win_rate_vs_sft)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from harness.data.preference import metric_rows
+from harness.eval.preference import policy_eval, win_rate
+from harness.train.modeling import load_base_model, load_tokenizer
+from harness.train.reward import load_reward_model
+from harness.trial.pipelines import Trained, TrialContext
+from harness.trial.stages import (
+    Stage,
+    base_hash,
+    cached_json,
+    plain,
+    reward_stage,
+    stage_hash,
+    stage_model_cfg,
+)
+
+SKIPPED = "skipped: no data.preference or disabled"
+
+
+@dataclass
+class PreferenceResult:
+    """Metrics for record.metrics and the reference's figures and samples for record.extra."""
+
+    metrics: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+
+def preference_enabled(ctx: TrialContext) -> bool:
+    pdata = ctx.cfg.data.get("preference")
+    return pdata is not None and bool(pdata.metrics.get("enabled", True))
+
+
+def scoring_stage(ctx: TrialContext) -> Stage | None:
+    """The sweep's scoring reward model (role "scoring"), built once and cached; None when
+    the preference metrics are off."""
+    if not preference_enabled(ctx):
+        return None
+    return replace(reward_stage(ctx.cfg, ctx.stages_root), role="scoring")
+
+
+def preference_metrics(ctx: TrialContext, trained: Trained, scorer: Stage) -> PreferenceResult:
+    """pref_accuracy, reward_mean and win_rate_vs_sft of the trained policy; the reference
+    (the SFT stage of a chained method, else the base model) figures go to `extra`."""
+    cfg, reference = ctx.cfg, trained.reference
+    rows, prompts = metric_rows(cfg.data)
+    rm = load_reward_model(Path(scorer.dir) / "model", cfg.model)
+    ours = policy_eval(trained.model, trained.tokenizer, rows, prompts, rm,
+                       cfg.data.preference.metrics)
+    ref = _reference_eval(ctx, reference, scorer, rows, prompts, rm)
+    name = "sft" if reference is not None else "base"
+    samples = list(zip(prompts, ours["generations"], ours["scores"], ref["scores"],
+                       strict=True))[:4]
+    return PreferenceResult(
+        metrics={"pref_accuracy": ours["pref_accuracy"], "reward_mean": ours["reward_mean"],
+                 "win_rate_vs_sft": win_rate(ours["scores"], ref["scores"])},
+        extra={f"{name}_pref_accuracy": ref["pref_accuracy"],
+               f"{name}_reward_mean": ref["reward_mean"],
+               "win_rate_reference": name if reference else "base (SFT-only trial)",
+               "preference_samples": [{"prompt": p, "generation": g, "reward": s,
+                                       f"{name}_reward": r} for p, g, s, r in samples]})
+
+
+def _reference_eval(ctx: TrialContext, reference: Stage | None, scorer: Stage,
+                    rows: list[dict], prompts: list[str], rm) -> dict:
+    """The reference policy's preference eval, cached in its stage dir per scorer/settings."""
+    cfg = ctx.cfg
+    settings = stage_hash({"metrics": plain(cfg.data.preference.metrics),
+                           "test": plain(cfg.data.preference.test)}, scorer.hash)
+    folder = Path(reference.dir) if reference else ctx.stages_root / f"base-{base_hash(cfg)}"
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def build() -> dict:
+        model_cfg = stage_model_cfg(cfg.model, reference) if reference else cfg.model
+        model, tok = load_base_model(model_cfg), load_tokenizer(model_cfg)
+        return policy_eval(model, tok, rows, prompts, rm, cfg.data.preference.metrics)
+
+    return cached_json(folder / f"pref_eval-{settings}.json", build)
