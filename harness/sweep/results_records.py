@@ -31,7 +31,7 @@ from harness.layout import (
     baseline_digest,
     find_baseline,
 )
-from harness.records import COMPLETE, TrialRecord, read_record
+from harness.records import COMPLETE, TrialRecord, read_record, read_trial_config
 from harness.study import make_storage
 
 NO_RESULT = "NO_RESULT"          # status of a trial folder without a readable result.json
@@ -74,9 +74,8 @@ def placeholder(number: int, trial_dir: Path, reason: str) -> TrialRecord:
     """A NO_RESULT record for a folder without a readable result.json; `note` says why."""
     method, params = "", {}
     with contextlib.suppress(Exception):
-        cfg = OmegaConf.load(trial_dir / CONFIG_FILE)
-        method = str(cfg.method.name)
-        params = OmegaConf.to_container(cfg.trial.get("params") or {}, resolve=True)
+        cfg, spec = read_trial_config(trial_dir)
+        method, params = str(cfg.method.name), dict(spec.params)
     return TrialRecord(number=number, status=NO_RESULT, method=method, params=params,
                        log_path=str(trial_dir / LOG_FILE),
                        config_path=str(trial_dir / CONFIG_FILE), note=reason)
