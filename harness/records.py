@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from importlib import metadata
 from pathlib import Path
@@ -164,6 +166,37 @@ class TrialRecord:
         if data.get("error"):
             data["error"] = TrialError(**data["error"])
         return cls(**data)
+
+
+# -- deltas against the base model: the one computation (driver, re-scoring, report) ---------
+def num(value: object) -> float | None:
+    """A finite float, or None (for strings, bools, None, NaN, inf)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def metric_delta(value: object, base: object) -> tuple[float | None, float | None]:
+    """value minus base (absolute, and % of the base value); None where either is no number.
+    The one place a delta against the base model is computed."""
+    value, base = num(value), num(base)
+    if value is None or base is None:
+        return None, None
+    difference = value - base
+    return difference, (100.0 * difference / abs(base) if base else None)
+
+
+def deltas(metrics: Mapping, baseline: TrialRecord | Mapping | None) -> dict[str, float]:
+    """Metric minus base-model metric, for every metric both have as a number (a record's
+    `delta_vs_base`); `baseline` is the base record or its metrics."""
+    if baseline is None:
+        return {}
+    base = baseline.metrics if isinstance(baseline, TrialRecord) else baseline
+    out = {}
+    for key, value in metrics.items():
+        if key in base and (difference := metric_delta(value, base[key])[0]) is not None:
+            out[key] = difference
+    return out
 
 
 def write_record(record: TrialRecord, trial_dir: Path) -> Path:

@@ -37,6 +37,7 @@ from harness.records import (
     TrialError,
     TrialRecord,
     TrialSpec,
+    deltas,
     git_commit,
     read_record,
     read_trial_config,
@@ -45,7 +46,7 @@ from harness.records import (
 )
 from harness.study import make_pruner, make_storage
 from harness.sweep.cascade import top_k_pass
-from harness.sweep.results_records import STALE_ATTR, deltas
+from harness.sweep.results_records import STALE_ATTR
 from harness.sweep.samplers import make_sampler
 from harness.sweep.space import (
     Param,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -31,7 +31,15 @@ from harness.layout import (
     baseline_digest,
     find_baseline,
 )
-from harness.records import COMPLETE, TrialRecord, read_record, read_trial_config
+from harness.records import (  # noqa: F401 - num, metric_delta, deltas re-exported
+    COMPLETE,
+    TrialRecord,
+    deltas,
+    metric_delta,
+    num,
+    read_record,
+    read_trial_config,
+)
 from harness.study import make_storage
 
 NO_RESULT = "NO_RESULT"          # status of a trial folder without a readable result.json
@@ -184,13 +192,6 @@ def quiet() -> Iterator[None]:
 
 
 # -- values ------------------------------------------------------------------------------------
-def num(value: object) -> float | None:
-    """A finite float, or None (for strings, bools, None, NaN, inf)."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None
-
-
 def missing(value: object) -> bool:
     """None, NaN or pd.NA (a missing table cell)."""
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
@@ -202,35 +203,12 @@ def plain(value: object) -> object:
 
 
 # -- one record's gain over the base model -----------------------------------------------------
-def metric_delta(value: object, base: object) -> tuple[float | None, float | None]:
-    """value minus base (absolute, and % of the base value); None where either is no number.
-    The one place a delta against the base model is computed."""
-    value, base = num(value), num(base)
-    if value is None or base is None:
-        return None, None
-    difference = value - base
-    return difference, (100.0 * difference / abs(base) if base else None)
-
-
 def delta(record: TrialRecord | None, baseline: TrialRecord | None,
           metric: str) -> tuple[float | None, float | None]:
     """The record's metric minus the base model's (absolute, and %)."""
     if record is None or baseline is None:
         return None, None
     return metric_delta(record.metrics.get(metric), baseline.metrics.get(metric))
-
-
-def deltas(metrics: Mapping, baseline: TrialRecord | Mapping | None) -> dict[str, float]:
-    """Metric minus base-model metric, for every metric both have as a number (a record's
-    `delta_vs_base`); `baseline` is the base record or its metrics."""
-    if baseline is None:
-        return {}
-    base = baseline.metrics if isinstance(baseline, TrialRecord) else baseline
-    out = {}
-    for key, value in metrics.items():
-        if key in base and (difference := metric_delta(value, base[key])[0]) is not None:
-            out[key] = difference
-    return out
 
 
 # -- one record's cost -------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from harness.records import (
     COMPLETE,
     TrialRecord,
     TrialSpec,
+    deltas,
     read_record,
     read_trial_config,
     write_record,
@@ -85,7 +86,4 @@ def update_deltas(record: TrialRecord, base: TrialRecord | None) -> None:
     """Refresh `record.delta_vs_base` for every numeric metric the completed base record has."""
     if base is None or base.status != COMPLETE:
         return
-    for key, value in record.metrics.items():
-        other = base.metrics.get(key)
-        if isinstance(value, int | float) and isinstance(other, int | float):
-            record.delta_vs_base[key] = float(value) - float(other)
+    record.delta_vs_base.update(deltas(record.metrics, base))
