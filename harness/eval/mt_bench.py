@@ -26,6 +26,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.data.jsonl import jsonl_lines
+from harness.errors import DataError
 from harness.eval.judge import (
     NO_RATING,
     JudgeClient,
@@ -50,7 +52,7 @@ DEFAULT_PROMPTS = {"single": "single-v1", "single_ref": "single-math-v1",
                    "multi": "single-v1-multi-turn", "multi_ref": "single-math-v1-multi-turn"}
 
 
-class MTBenchError(ValueError):
+class MTBenchError(DataError):
     """Bad MT-Bench input (question, reference or prompt file); names the file and line."""
 
 
@@ -79,22 +81,19 @@ class MTBenchResult:
 
 
 def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict]:
-    """Rows of a JSONL file; a bad line raises MTBenchError naming file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise MTBenchError(f"{path}: file not found")
+    """Rows of a JSONL file (harness.data.jsonl, the one JSONL reader); a bad line raises
+    MTBenchError naming file and line."""
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise MTBenchError(f"{path}:{number}: malformed JSON ({exc.msg})") from None
-        missing = [k for k in required if k not in row]
-        if missing:
-            raise MTBenchError(f"{path}:{number}: missing field(s) {missing}")
-        rows.append(row)
+    try:
+        for where, row in jsonl_lines(Path(path)):
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise MTBenchError(f"{where}: missing field(s) {missing}")
+            rows.append(row)
+    except MTBenchError:
+        raise
+    except DataError as exc:
+        raise MTBenchError(str(exc)) from None
     return rows
 
 
