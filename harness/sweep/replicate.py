@@ -30,16 +30,14 @@ from harness.records import (
     COMPLETE,
     TrialRecord,
     TrialSpec,
-    read_record,
     read_trial_config,
     write_trial_config,
 )
 from harness.sweep.driver import shared_spec
-from harness.sweep.results import load_replicates, load_sweep  # noqa: F401 - re-exported
+from harness.sweep.results import load_sweep
+from harness.sweep.results_records import read_or_none
 
 log = logging.getLogger(__name__)
-
-
 
 
 @dataclass
@@ -51,18 +49,11 @@ class Planned:
     dir: Path
 
     def done(self) -> bool:
-        record = _read(self.dir)
+        record = read_or_none(self.dir)
         return record is not None and record.status == COMPLETE
 
 
 replicate_dir = layout.replicate_dir
-
-
-def _read(folder: Path) -> TrialRecord | None:
-    try:
-        return read_record(folder)
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
 
 
 # -- choosing what to replicate ---------------------------------------------------------------
@@ -127,7 +118,7 @@ def run_replicates(sweep, items: list[Planned] | None = None) -> list[TrialRecor
             _run_all(sweep, launcher, todo, shared_spec(sweep, judge))
     finally:
         launcher.close()
-    return [r for r in (_read(item.dir) for item in items) if r is not None]
+    return [r for r in (read_or_none(item.dir) for item in items) if r is not None]
 
 
 def _run_all(sweep, launcher, todo: list[Planned], shared: TrialSpec) -> None:
@@ -142,7 +133,7 @@ def _run_all(sweep, launcher, todo: list[Planned], shared: TrialSpec) -> None:
         ended = [key for key, (_, job) in running.items() if job.done()]
         for key in ended:
             item, job = running.pop(key)
-            record = _read(item.dir)
+            record = read_or_none(item.dir)
             status = record.status if record else f"no record ({job.failure_reason()})"
             print(f"replicate trial {item.number} seed {item.seed}: {status}", flush=True)
         if not ended:
