@@ -131,3 +131,18 @@ def test_cli_malformed_jsonl_names_file_and_line(tmp_path):
     assert result.stderr.strip() == f"harness: error: {train}:3: malformed JSON " \
         "(Expecting property name enclosed in double quotes)"
     assert not (tmp_path / "sweeps").exists()
+
+
+def test_every_bad_field_is_named_at_once(tmp_path):
+    """Validation collects: three bad fields give three lines, before anything is written."""
+    bad = ["sweep.n_trials=0", "method.lora.rank=0", "eval.perplexity.batch_size=0"]
+    with pytest.raises(ConfigError) as info:
+        prepare(bad)
+    assert len(info.value.problems) == 3
+    for field in ("sweep.n_trials", "method.lora.rank", "eval.perplexity.batch_size"):
+        assert sum(field in line for line in info.value.problems) == 1
+    result = run_cli([*bad, f"paths.sweeps={tmp_path / 'sweeps'}"], cwd=tmp_path)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2
+    assert len(lines) == 3 and all(ln.startswith("harness: error: ") for ln in lines)
+    assert not (tmp_path / "sweeps").exists()
