@@ -81,3 +81,16 @@ def test_harness_modules_are_imported_at_module_level():
                 if any(n == "harness" or n.startswith("harness.") for n in names):
                     local.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert local == []
+
+
+def test_every_registered_component_can_be_loaded():
+    """A registry row names a module and attribute as a string: a typo would only show when a
+    config picks it, so every row is resolved here."""
+    from harness import cli, registry
+
+    tables = [v for v in vars(registry).values() if isinstance(v, registry.Registry)]
+    assert len(tables) == 6
+    for table in [*tables, cli.ACTIONS]:
+        for name in table.names():
+            assert callable(table.load(name)), f"{table.field}={name}"
+    assert callable(registry.resolve(registry.TRIAL_ENTRY))
