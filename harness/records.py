@@ -22,9 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.layout import CONFIG_FILE, LOG_FILE, RESULT_FILE
-
-__all__ = ["CONFIG_FILE", "LOG_FILE", "RESULT_FILE"]  # re-exported: the record's neighbours
+from harness.layout import CONFIG_FILE, RESULT_FILE
 
 COMPLETE = "COMPLETE"
 FAILED = "FAILED"

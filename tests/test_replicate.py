@@ -16,9 +16,10 @@ from omegaconf import OmegaConf
 
 import harness.sweep.replicate as replicate
 from harness.errors import ConfigError
+from harness.layout import replicate_dir
 from harness.records import COMPLETE, FAILED, TrialRecord, TrialSpec, read_record, write_record
 from harness.stats import mean_interval
-from harness.sweep.replicate import plan, replicate_dir, run_replicates
+from harness.sweep.replicate import plan, run_replicates
 from harness.sweep.results import load_sweep
 from tests.conftest import run_cli
 from tests.test_report import make_sweep

@@ -53,8 +53,6 @@ class Planned:
         return record is not None and record.status == COMPLETE
 
 
-replicate_dir = layout.replicate_dir
-
 
 # -- choosing what to replicate ---------------------------------------------------------------
 def choose_trials(sweep_dir: Path, rcfg: DictConfig) -> list[TrialRecord]:
@@ -86,7 +84,7 @@ def plan(sweep_dir: Path, rcfg: DictConfig) -> list[Planned]:
         raise ConfigError("replicate.seeds is empty: give seeds, e.g. replicate.seeds=[1,2,3]")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"replicate.seeds has repeated seeds: {seeds}")
-    return [Planned(r.number, seed, replicate_dir(sweep_dir, r.number, seed))
+    return [Planned(r.number, seed, layout.replicate_dir(sweep_dir, r.number, seed))
             for r in choose_trials(sweep_dir, rcfg) for seed in seeds if seed != r.seed]
 
 

@@ -30,7 +30,7 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from harness.layout import CONFIG_FILE, SWEEP_FILE, trial_dir
-from harness.records import COMPLETE, PRUNED, TrialRecord
+from harness.records import COMPLETE, PRUNED, TrialRecord, deltas, metric_delta, num
 from harness.stats import CISettings
 from harness.sweep.results_records import (
     BAD_RECORD,
@@ -38,16 +38,13 @@ from harness.sweep.results_records import (
     STALE_ATTR,
     compute_hours,
     delta,
-    deltas,
     device_text,
     existing_storage,
     load_baseline,
     load_replicates,
     load_study,
-    metric_delta,
     missing,
     missing_reason,
-    num,
     peak_memory_mb,
     placeholder,
     plain,

@@ -6,7 +6,8 @@ harness.sweep.results, which re-exports every public name here).
     load_baseline(sweep_dir, cfg)    -> the base model's COMPLETE record (harness.layout lookup)
     load_study(cfg, sweep_dir, notes)-> the Optuna study, or None (why goes into `notes`)
     load_replicates(sweep_dir)       -> every replicate record under replicates/
-    peak_memory_mb / compute_hours / trainable_pct / delta / deltas: one record's cost and gain
+    peak_memory_mb / compute_hours / trainable_pct / delta: one record's cost and gain
+                                        (the deltas themselves: harness.records)
 """
 
 from __future__ import annotations
@@ -31,10 +32,9 @@ from harness.layout import (
     baseline_digest,
     find_baseline,
 )
-from harness.records import (  # noqa: F401 - num, metric_delta, deltas re-exported
+from harness.records import (
     COMPLETE,
     TrialRecord,
-    deltas,
     metric_delta,
     num,
     read_record,

@@ -12,8 +12,6 @@ from harness.train.callbacks import LossHistory
 from harness.train.modeling import lora_config, torch_dtype
 from harness.train.results import TrainResult, timed_train
 
-__all__ = ["load_reward_model", "reward_text", "train_reward"]
-
 
 def load_reward_model(path: str | Path, model_cfg: DictConfig):
     """(sequence classifier with one label, tokenizer) from a model dir; pad id set."""

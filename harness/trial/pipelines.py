@@ -58,7 +58,7 @@ class TrialContext:
 
     @property
     def seed(self) -> int:
-        return int(self.cfg.seed)
+        return self.spec.seed
 
     @property
     def stages_root(self) -> Path:

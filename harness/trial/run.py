@@ -23,12 +23,10 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from harness.eval.battery import run_battery
-from harness.layout import MODEL_DIR
+from harness.layout import CONFIG_FILE, LOG_FILE, MODEL_DIR
 from harness.records import (
     COMPLETE,
-    CONFIG_FILE,
     FAILED,
-    LOG_FILE,
     PRUNED,
     TrialError,
     TrialRecord,
