@@ -63,13 +63,13 @@ def load_rows(spec: DictConfig, required: list[str]) -> list[dict]:
     if is_local_file(path):
         return read_jsonl(path, required)
     if Path(path).is_dir():
-        return _from_datasets(path, spec, required, local=True)
+        return from_datasets(path, spec, required, local=True)
     if path.startswith(("/", "./", "../")):
         raise DataError(f"{path}: data path not found")
-    return _from_datasets(path, spec, required, local=False)
+    return from_datasets(path, spec, required, local=False)
 
 
-def _from_datasets(path: str, spec: DictConfig, required: list[str], local: bool) -> list[dict]:
+def from_datasets(path: str, spec: DictConfig, required: list[str], local: bool) -> list[dict]:
     import datasets
 
     try:
