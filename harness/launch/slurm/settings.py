@@ -60,3 +60,30 @@ def _pythonpath_line() -> str:
     """Make this checkout's harness importable in the job whatever the job's directory."""
     root = shlex.quote(str(Path(__file__).resolve().parents[3]))   # harness/launch/slurm/..
     return f'export PYTHONPATH={root}"${{PYTHONPATH:+:$PYTHONPATH}}"'
+
+
+def sized_parameters(launcher: DictConfig, predictions: list[dict | None]) -> dict:
+    """sbatch options from the trials' predictions (`launcher.size_from_estimate`): one GPU per
+    node when the trial runs on a GPU (the trainers replicate the model on every GPU, so more
+    GPUs never lower the per-GPU peak), --mem from the host side of the peak and --time from
+    the predicted training time, each x `estimate_margin`; the largest over the trials of one
+    job array. {} when no trial has a prediction or sizing is off."""
+    known = [p for p in predictions if p]
+    if not launcher.get("size_from_estimate") or not known:
+        return {}
+    margin = float(launcher.get("estimate_margin", 1.25))
+    on_gpu = any(p["device"] == "cuda" for p in known)
+    # host memory: the weights pass through RAM while loading; CPU trials hold the whole peak
+    host_gb = max((p["parts_gb"].get("weights", 0.0) if p["device"] == "cuda" else p["peak_gb"])
+                  for p in known) + HOST_BASE_GB
+    minutes = max((p["steps"] * (p["step_seconds"] or 0.0)) / 60 for p in known)
+    out = {"mem": f"{int(math.ceil(margin * host_gb))}GB",
+           "time": int(math.ceil(margin * minutes + float(launcher.get("estimate_fixed_min", 10))))}
+    if on_gpu:
+        out["gpus_per_node"] = max(1, int(launcher.get("gpus_per_node") or 0))
+    return out
+
+
+# Host RAM of a trial process before its model: Python, torch, transformers, trl, the data
+# (measured on the CPU machine: ~1.5-2.5 GB peak RSS for the embedded model).
+HOST_BASE_GB = 4.0

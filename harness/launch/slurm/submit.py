@@ -32,8 +32,14 @@ from harness.launch.slurm.queue import (
     partition_nodes,
     run_command,
 )
-from harness.launch.slurm.settings import nproc_per_node, request_text, sbatch_parameters
+from harness.launch.slurm.settings import (
+    nproc_per_node,
+    request_text,
+    sbatch_parameters,
+    sized_parameters,
+)
 from harness.layout import RESULT_FILE
+from harness.records import read_trial_config
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +180,10 @@ class SlurmLauncher:
     def _sbatch(self, trial_dirs: list[Path]) -> list[SlurmTrialJob]:
         if not trial_dirs:
             return []
+        sized = sized_parameters(self.cfg, [read_trial_config(d)[1].prediction
+                                            for d in trial_dirs])
+        if sized:   # launcher.size_from_estimate: --gpus-per-node, --mem, --time
+            self.executor.update_parameters(**{**self.params, **sized})
         try:   # clean_env: a driver running as a job must not pass its SLURM_* on
             with submitit.helpers.clean_env(), self.executor.batch():
                 submitted = [self.executor.submit(self.task, str(d)) for d in trial_dirs]
