@@ -47,10 +47,11 @@ def step_args(train: DictConfig) -> dict:
 
 def preference_args(method: DictConfig, output_dir: Path, seed: int,
                     model_cfg: DictConfig) -> dict:
-    """TrainingArguments shared by the DPO, reward, GRPO and PPO configs: the SFT trainer's
-    common fields, no checkpoints and no experiment trackers."""
+    """TrainingArguments shared by the preference and RL configs (DPO, KTO, ORPO, reward, PPO,
+    GRPO, RLOO): the SFT trainer's common fields and trackers (`train.report_to`), no
+    checkpoints."""
     return {**training_args(method.train, model_cfg, output_dir, seed),
-            "save_strategy": "no", "report_to": []}
+            "save_strategy": "no", "report_to": _report_to(method.train.get("report_to"))}
 
 
 def sft_config(method: DictConfig, model_cfg: DictConfig, output_dir: Path, seed: int,
@@ -73,6 +74,9 @@ def sft_config(method: DictConfig, model_cfg: DictConfig, output_dir: Path, seed
         save_steps=save_steps or 500,
         save_total_limit=2,
         report_to=_report_to(train.report_to),
+        # Tokens trained on (attention-mask sum), for tokens/s in the record; only SFT
+        # batches carry the `input_ids` + `attention_mask` the Trainer counts.
+        include_num_input_tokens_seen="non_padding",
     )
 
 

@@ -26,6 +26,11 @@ class Reporter(Protocol):
     def should_prune(self) -> bool: ...
 
 
+# The values preference / RL stages report for pruning (LogPruningCallback), kept in the loss
+# history too: DPO/KTO/ORPO reward margin, GRPO/RLOO mean reward, PPO mean rollout score.
+STAGE_VALUES = ("rewards/margins", "reward", "objective/scores")
+
+
 class NonFiniteLoss(RuntimeError):
     """Training produced a NaN or infinite loss."""
 
@@ -42,7 +47,7 @@ class LossHistory(TrainerCallback):
             return
         logs = logs or {}
         row = {"step": state.global_step}
-        for key in ("loss", "eval_loss", "learning_rate", "grad_norm"):
+        for key in ("loss", "eval_loss", "learning_rate", "grad_norm", *STAGE_VALUES):
             if key in logs:
                 row[key] = float(logs[key])
         if len(row) == 1:
@@ -125,3 +130,34 @@ class CheckpointOnRequest(TrainerCallback):
             log.warning("checkpoint at step %d saved on request", step)
         while _checkpoint_requests:
             _checkpoint_requests.pop(0)()
+
+
+class LogPruningCallback(TrainerCallback):
+    """Preference and RL stages (no eval loss): reports a logged training value (DPO/KTO/ORPO
+    `rewards/margins`, GRPO/RLOO `reward`, PPO `objective/scores`: higher is better) to the
+    study at each log step, negated when the study minimizes; stops the trial if pruned."""
+
+    def __init__(self, reporter: Reporter, key: str, minimize: bool = False):
+        self.reporter, self.key, self.sign = reporter, key, -1.0 if minimize else 1.0
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        import optuna
+
+        value = (logs or {}).get(self.key)
+        if value is None or not math.isfinite(float(value)):
+            return
+        reported = self.sign * float(value)
+        step = state.global_step
+
+        def decide() -> bool:
+            self.reporter.report(reported, step)
+            return self.reporter.should_prune()
+
+        if _rank0_decides(decide):
+            raise optuna.TrialPruned(f"pruned at step {step} ({self.key} {float(value):.4f})")
+
+
+def stage_callbacks(history: LossHistory, reporter: Reporter | None, key: str,
+                    minimize: bool = False) -> list[TrainerCallback]:
+    """The loss history, plus pruning on `key` when a reporter is given."""
+    return [history] + ([LogPruningCallback(reporter, key, minimize)] if reporter else [])

@@ -7,14 +7,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from harness.train.adapters import loraplus_optimizers
 from harness.train.arguments import preference_args, step_args
-from harness.train.callbacks import LossHistory
+from harness.train.callbacks import LossHistory, Reporter, stage_callbacks
 from harness.train.results import TrainResult, timed_train
+
+PRUNE_KEY = "rewards/margins"   # logged by DPO, KTO and ORPO: higher is better
 
 
 def dpo_reference(method: DictConfig) -> str:
     """Which reference model DPO uses for this method (recorded in the trial record)."""
-    return "adapter-disabled policy (PEFT, ref_model=None)" if method.peft == "lora" \
+    return "adapter-disabled policy (PEFT, ref_model=None)" if method.peft != "none" \
         else "frozen copy of the SFT model"
 
 
@@ -25,21 +28,31 @@ def frozen_copy(model):
     return ref.eval()
 
 
-def train_dpo(model, tokenizer, method: DictConfig, model_cfg: DictConfig, rows: list[dict],
-              output_dir: Path, seed: int, ref_model=None) -> TrainResult:
-    """DPO on a (PEFT or full) policy; full runs pass a frozen `ref_model` copy."""
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
+def dpo_args(method: DictConfig, model_cfg: DictConfig, output_dir: Path, seed: int):
+    """trl DPOConfig from `method.dpo` and `method.train`."""
+    from trl import DPOConfig
 
     dpo = method.dpo
-    args = DPOConfig(**preference_args(method, output_dir, seed, model_cfg),
+    return DPOConfig(**preference_args(method, output_dir, seed, model_cfg),
                      **step_args(method.train),
                      beta=float(dpo.beta), loss_type=str(dpo.loss_type),
                      max_length=int(dpo.max_length),
                      precompute_ref_log_probs=bool(dpo.get("precompute_ref_log_probs", False)))
+
+
+def train_dpo(model, tokenizer, method: DictConfig, model_cfg: DictConfig, rows: list[dict],
+              output_dir: Path, seed: int, ref_model=None, reporter: Reporter | None = None,
+              minimize: bool = False) -> TrainResult:
+    """DPO on a (PEFT or full) policy; full runs pass a frozen `ref_model` copy. `reporter`:
+    the reward margin goes to the study for pruning (negated when it minimizes)."""
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    args = dpo_args(method, model_cfg, output_dir, seed)
     history = LossHistory(Path(output_dir) / "loss.jsonl")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=args,
                          train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         callbacks=[history])
+                         callbacks=stage_callbacks(history, reporter, PRUNE_KEY, minimize),
+                         optimizers=loraplus_optimizers(model, method))
     return timed_train(trainer, history)

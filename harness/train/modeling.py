@@ -7,6 +7,9 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.config.methods import LORA_INITS as LORA_INIT_NAMES
+from harness.registry import PEFT_METHODS
+
 if TYPE_CHECKING:
     import torch
 
@@ -111,6 +114,12 @@ def lora_alpha(lora: DictConfig) -> float:
     return float(lora.rank) * float(ratio) if ratio is not None else float(lora.alpha)
 
 
+# method.lora.init (harness.config.methods.LORA_INITS) -> peft init_lora_weights: default
+# (Kaiming A, zero B), gaussian, pissa (principal singular vectors, Meng et al. 2024), olora
+# (QR-orthonormal, Büyükakyüz 2024).
+LORA_INITS = {name: True if name == "default" else name for name in LORA_INIT_NAMES}
+
+
 def lora_config(lora: DictConfig):
     """peft LoraConfig for `method.lora`."""
     from peft import LoraConfig
@@ -125,6 +134,7 @@ def lora_config(lora: DictConfig):
         target_modules=targets,
         use_rslora=bool(lora.get("use_rslora", False)),
         use_dora=bool(lora.get("use_dora", False)),
+        init_lora_weights=LORA_INITS[str(lora.get("init", "default"))],
         bias="none",
         task_type="CAUSAL_LM",
     )
@@ -139,8 +149,9 @@ def load_trial_model(model_cfg: DictConfig, method: DictConfig):
     checkpointing = bool(method.train.get("gradient_checkpointing", False))
     if method.quantization.get("bits") is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)
-    if method.peft == "lora":
-        model = get_peft_model(model, lora_config(method.lora))
+    adapter = PEFT_METHODS.load(str(method.peft))(method, model_cfg)   # None: full weights
+    if adapter is not None:
+        model = get_peft_model(model, adapter)
     return model, tokenizer
 
 

@@ -14,6 +14,7 @@ class TrainResult:
     steps: int
     resumed_from_step: int = 0
     loss_history: list = field(default_factory=list)
+    tokens: int | None = None   # non-padding input tokens trained on (SFT; None where untracked)
 
 
 def timed_train(trainer, history) -> TrainResult:

@@ -26,11 +26,20 @@ def load_reward_model(path: str | Path, model_cfg: DictConfig):
     return model, tokenizer
 
 
+def reward_args(method: DictConfig, model_cfg: DictConfig, output_dir: Path, seed: int):
+    """trl RewardConfig from the reward method block."""
+    from trl import RewardConfig
+
+    return RewardConfig(**preference_args(method, output_dir, seed, model_cfg),
+                        **step_args(method.train), max_length=int(method.max_length),
+                        center_rewards_coefficient=method.get("center_rewards_coefficient"))
+
+
 def train_reward(init_dir: str | Path, method: DictConfig, model_cfg: DictConfig,
                  rows: list[dict], output_dir: Path, seed: int) -> tuple[object, TrainResult]:
     """Train a reward model (full or LoRA) from `init_dir`; returns (merged model, result)."""
     from datasets import Dataset
-    from trl import RewardConfig, RewardTrainer
+    from trl import RewardTrainer
 
     model, tokenizer = load_reward_model(init_dir, model_cfg)
     peft_config = None
@@ -40,9 +49,7 @@ def train_reward(init_dir: str | Path, method: DictConfig, model_cfg: DictConfig
     rows = [{"chosen": reward_text(tokenizer, prompt_text(r), text_of(r["chosen"])),
              "rejected": reward_text(tokenizer, prompt_text(r), text_of(r["rejected"]))}
             for r in rows]
-    args = RewardConfig(**preference_args(method, output_dir, seed, model_cfg),
-                        **step_args(method.train), max_length=int(method.max_length),
-                        center_rewards_coefficient=method.get("center_rewards_coefficient"))
+    args = reward_args(method, model_cfg, output_dir, seed)
     history = LossHistory(Path(output_dir) / "loss.jsonl")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),

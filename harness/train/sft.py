@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 from transformers import TrainerCallback
 
+from harness.train.adapters import loraplus_optimizers
 from harness.train.arguments import sft_config
 from harness.train.callbacks import CheckpointOnRequest, LossHistory, PruningCallback, Reporter
 from harness.train.results import TrainResult
@@ -42,6 +43,7 @@ def train_sft(model, tokenizer, method: DictConfig, model_cfg: DictConfig, train
         eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
         callbacks=callbacks,
+        optimizers=loraplus_optimizers(model, method),   # LoRA+ when lora.loraplus_lr_ratio
     )
     checkpoint = last_checkpoint(output_dir)
     resumed = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
@@ -53,4 +55,5 @@ def train_sft(model, tokenizer, method: DictConfig, model_cfg: DictConfig, train
     trainer.train(resume_from_checkpoint=checkpoint)
     seconds = time.perf_counter() - start
     return TrainResult(seconds=seconds, steps=trainer.state.global_step,
-                       resumed_from_step=resumed, loss_history=history.rows)
+                       resumed_from_step=resumed, loss_history=history.rows,
+                       tokens=int(trainer.state.num_input_tokens_seen) or None)

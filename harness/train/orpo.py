@@ -1,0 +1,46 @@
+"""ORPO (Hong et al. 2024) with trl.experimental.orpo.ORPOTrainer (experimental in trl 1.12;
+pinned with trl): SFT loss plus an odds-ratio preference term, from the base model, with no
+reference model and no SFT stage."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from harness.train.adapters import loraplus_optimizers
+from harness.train.arguments import preference_args, step_args
+from harness.train.callbacks import LossHistory, Reporter, stage_callbacks
+from harness.train.dpo import PRUNE_KEY
+from harness.train.results import TrainResult, timed_train
+
+
+def orpo_args(method: DictConfig, model_cfg: DictConfig, output_dir: Path, seed: int):
+    """trl ORPOConfig from `method.orpo` and `method.train`."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from trl.experimental.orpo import ORPOConfig
+
+    orpo = method.orpo
+    return ORPOConfig(**preference_args(method, output_dir, seed, model_cfg),
+                      **step_args(method.train), beta=float(orpo.beta),
+                      max_length=int(orpo.max_length),
+                      max_completion_length=int(orpo.max_completion_length))
+
+
+def train_orpo(model, tokenizer, method: DictConfig, model_cfg: DictConfig, rows: list[dict],
+               output_dir: Path, seed: int, reporter: Reporter | None = None,
+               minimize: bool = False) -> TrainResult:
+    """ORPO on a (PEFT or full) policy straight from the base."""
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from datasets import Dataset
+    from trl.experimental.orpo import ORPOTrainer
+
+    args = orpo_args(method, model_cfg, output_dir, seed)
+    history = LossHistory(Path(output_dir) / "loss.jsonl")
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    trainer = ORPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                          processing_class=tokenizer,
+                          callbacks=stage_callbacks(history, reporter, PRUNE_KEY, minimize),
+                          optimizers=loraplus_optimizers(model, method))
+    return timed_train(trainer, history)
