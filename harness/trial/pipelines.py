@@ -4,9 +4,13 @@ Every pipeline has the same shape, `Pipeline().train(ctx) -> Trained`: the train
 tokenizer, the TrainResult, the stages it went through and notes for the record. The trial
 (harness.trial.run) then saves, evaluates and records it the same way whatever the kind.
 
-- SftPipeline: the method's model (full, LoRA or QLoRA) trained with SFT on data.train.
-- DpoPipeline: the cached SFT stage, then DPO on data.preference.train.
-- PpoPipeline / GrpoPipeline: the cached SFT and reward stages, then PPO or GRPO.
+- SftPipeline: the method's model (full, LoRA, QLoRA, IA3, prefix or prompt tuning) trained
+  with SFT on data.train.
+- DpoPipeline / KtoPipeline: the cached SFT stage, then DPO or KTO on data.preference.train.
+- OrpoPipeline: ORPO on data.preference.train straight from the base (no SFT stage).
+- PpoPipeline / GrpoPipeline / RlooPipeline: the cached SFT and reward stages, then PPO, GRPO
+  or RLOO; these online methods also record KL to the SFT policy, generation length and
+  distinct-n (harness.eval.online).
 - BasePipeline: the untrained base model (the sweep's baseline; spec.baseline).
 """
 
@@ -18,25 +22,35 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from harness.data.preference import check_preference_data, preference_rows, prompt_text
+from harness.data.preference import (
+    check_preference_data,
+    metric_rows,
+    preference_rows,
+    prompt_text,
+)
 from harness.data.sft import sft_rows
 from harness.errors import DataError
+from harness.eval.online import online_metrics
 from harness.layout import CHECKPOINTS_DIR, MODEL_DIR
 from harness.records import TrialSpec
 from harness.study import TrialReporter
 from harness.train.dpo import dpo_reference, frozen_copy, train_dpo
 from harness.train.grpo import train_grpo
+from harness.train.kto import train_kto
 from harness.train.modeling import (
     count_parameters,
     load_base_model,
     load_tokenizer,
     load_trial_model,
 )
+from harness.train.orpo import train_orpo
 from harness.train.ppo import train_ppo
 from harness.train.results import TrainResult
+from harness.train.rloo import train_rloo
 from harness.train.sft import train_sft
 from harness.trial.stages import (
     Stage,
+    base_hash,
     plain,
     reward_stage,
     sft_stage,
@@ -69,7 +83,7 @@ class TrialContext:
 class Trained:
     """A pipeline's output. result is None for the untrained base model; params =
     (trainable, total); reference: the stage the preference metrics compare against (None:
-    the base model)."""
+    the base model); metrics: the pipeline's own figures (online methods' KL, diversity)."""
 
     model: object
     tokenizer: object
@@ -78,6 +92,7 @@ class Trained:
     stages: list[Stage] = field(default_factory=list)
     notes: dict = field(default_factory=dict)
     reference: Stage | None = None
+    metrics: dict = field(default_factory=dict)
 
 
 class BasePipeline:
@@ -113,10 +128,26 @@ def reporter(ctx: TrialContext) -> TrialReporter | None:
                          int(ctx.spec.trial_id))
 
 
-class ChainedPipeline:
-    """Cached SFT (and reward) stages, then the trial's own stage (`train_policy`)."""
+def minimizes(ctx: TrialContext) -> bool:
+    """Whether the study minimizes its first objective (stage values are then negated)."""
+    objectives = ctx.cfg.sweep.get("objectives") or []
+    return bool(objectives) and str(objectives[0].get("direction", "minimize")) == "minimize"
 
+
+def pruning(ctx: TrialContext) -> dict:
+    """reporter/minimize keyword arguments of a preference or RL trainer."""
+    return {"reporter": reporter(ctx), "minimize": minimizes(ctx)}
+
+
+class ChainedPipeline:
+    """Cached SFT (and reward) stages, then the trial's own stage (`train_policy`).
+    sft_first: the method starts from the SFT stage (all but ORPO); needs_reward: it
+    optimizes against the reward stage; online: it generates while training (its KL to the
+    SFT policy, generation length and distinct-n are recorded)."""
+
+    sft_first = True
     needs_reward = False
+    online = False
 
     def train(self, ctx: TrialContext) -> Trained:
         cfg = ctx.cfg
@@ -124,19 +155,32 @@ class ChainedPipeline:
         if cfg.data.get("preference") is None:
             raise DataError(f"method {kind} needs data.preference (train/test preference pairs)")
         check_preference_data(cfg.data)
-        chain = [sft_stage(cfg, ctx.stages_root)]
+        chain = [sft_stage(cfg, ctx.stages_root)] if self.sft_first else []
         if self.needs_reward:
             chain.append(reward_stage(cfg, ctx.stages_root, chain[0]))
         model, tokenizer, result, notes = self.train_policy(ctx, chain)
         final = Stage(kind, str(ctx.trial_dir / MODEL_DIR),
-                      stage_hash(plain(cfg.method), chain[-1].hash), False, result.seconds)
+                      stage_hash(plain(cfg.method), chain[-1].hash if chain else base_hash(cfg)),
+                      False, result.seconds)
         notes["stages_reused"] = [s.name for s in chain if s.reused]
-        return Trained(model, tokenizer, result, count_parameters(model), [*chain, final],
-                       notes, reference=chain[0])
+        reference = chain[0] if chain else None
+        trained = Trained(model, tokenizer, result, count_parameters(model), [*chain, final],
+                          notes, reference=reference)
+        if self.online:
+            trained.metrics, notes["online"] = _online(ctx, trained, reference)
+        return trained
 
     def train_policy(self, ctx: TrialContext, chain: list[Stage]):
         """(model, tokenizer, TrainResult, notes) of the trial's own stage."""
         raise NotImplementedError
+
+
+def _online(ctx: TrialContext, trained: Trained, reference: Stage) -> tuple[dict, dict]:
+    """KL to the SFT policy, generation length and distinct-n of the trained policy."""
+    cfg = ctx.cfg
+    _, prompts = metric_rows(cfg.data)
+    ref = load_base_model(stage_model_cfg(cfg.model, reference))
+    return online_metrics(trained.model, ref, trained.tokenizer, prompts, cfg.eval.online)
 
 
 def _train_pairs(cfg: DictConfig) -> list[dict]:
@@ -146,15 +190,41 @@ def _train_pairs(cfg: DictConfig) -> list[dict]:
 class DpoPipeline(ChainedPipeline):
     """DPO from the SFT stage; reference: the adapter-disabled policy or a frozen copy."""
 
+    trainer = staticmethod(train_dpo)
+
     def train_policy(self, ctx: TrialContext, chain: list[Stage]):
         cfg, method = ctx.cfg, ctx.cfg.method
         model, tokenizer = load_trial_model(stage_model_cfg(cfg.model, chain[0]), method)
-        ref = None if method.peft == "lora" else frozen_copy(model)
+        ref = None if method.peft != "none" else frozen_copy(model)
         rows = _train_pairs(cfg)
-        log.info("DPO on %d preference pairs, reference: %s", len(rows), dpo_reference(method))
-        result = train_dpo(model, tokenizer, method, cfg.model, rows, ctx.trial_dir / "dpo",
-                           ctx.seed, ref_model=ref)
-        return model, tokenizer, result, {"dpo_reference": dpo_reference(method),
+        kind = str(method.kind)
+        log.info("%s on %d preference pairs, reference: %s", kind.upper(), len(rows),
+                 dpo_reference(method))
+        result = self.trainer(model, tokenizer, method, cfg.model, rows, ctx.trial_dir / kind,
+                              ctx.seed, ref_model=ref, **pruning(ctx))
+        return model, tokenizer, result, {f"{kind}_reference": dpo_reference(method),
+                                          "train_pairs": len(rows)}
+
+
+class KtoPipeline(DpoPipeline):
+    """KTO from the SFT stage (pairs unpaired into desirable / undesirable answers)."""
+
+    trainer = staticmethod(train_kto)
+
+
+class OrpoPipeline(ChainedPipeline):
+    """ORPO straight from the base model: no SFT stage, no reference model."""
+
+    sft_first = False
+
+    def train_policy(self, ctx: TrialContext, chain: list[Stage]):
+        cfg, method = ctx.cfg, ctx.cfg.method
+        model, tokenizer = load_trial_model(cfg.model, method)
+        rows = _train_pairs(cfg)
+        log.info("ORPO on %d preference pairs from the base model", len(rows))
+        result = train_orpo(model, tokenizer, method, cfg.model, rows, ctx.trial_dir / "orpo",
+                            ctx.seed, **pruning(ctx))
+        return model, tokenizer, result, {"orpo_reference": "none (odds ratio, no reference)",
                                           "train_pairs": len(rows)}
 
 
@@ -163,19 +233,22 @@ def _online_reference(method: DictConfig) -> str:
         else "frozen copy of the SFT model"
 
 
+def _prompts(cfg: DictConfig, cap=None) -> list[str]:
+    prompts = [prompt_text(r) for r in _train_pairs(cfg)]
+    return prompts[: int(cap)] if cap else prompts
+
+
 class PpoPipeline(ChainedPipeline):
     """PPO from the SFT stage against the reward stage (value model from the reward model)."""
 
-    needs_reward = True
+    needs_reward = online = True
 
     def train_policy(self, ctx: TrialContext, chain: list[Stage]):
         cfg, method = ctx.cfg, ctx.cfg.method
-        prompts = [prompt_text(r) for r in _train_pairs(cfg)]
         sft_dir, reward_dir = Path(chain[0].dir) / "model", Path(chain[1].dir) / "model"
-        cap = method.ppo.get("max_prompts")
-        prompts = prompts[: int(cap)] if cap else prompts
+        prompts = _prompts(cfg, method.ppo.get("max_prompts"))
         model, tokenizer, result = train_ppo(sft_dir, reward_dir, method, cfg.model, prompts,
-                                             ctx.trial_dir / "ppo", ctx.seed)
+                                             ctx.trial_dir / "ppo", ctx.seed, **pruning(ctx))
         return model, tokenizer, result, {"ppo_reference": _online_reference(method),
                                           "value_model_init": str(reward_dir)}
 
@@ -183,13 +256,21 @@ class PpoPipeline(ChainedPipeline):
 class GrpoPipeline(ChainedPipeline):
     """GRPO from the SFT stage with the reward stage as the reward function."""
 
-    needs_reward = True
+    needs_reward = online = True
+    trainer = staticmethod(train_grpo)
 
     def train_policy(self, ctx: TrialContext, chain: list[Stage]):
         cfg, method = ctx.cfg, ctx.cfg.method
-        prompts = [prompt_text(r) for r in _train_pairs(cfg)]
+        kind = str(method.kind)
         reward_dir = Path(chain[1].dir) / "model"
         model, tokenizer = load_trial_model(stage_model_cfg(cfg.model, chain[0]), method)
-        result = train_grpo(model, tokenizer, reward_dir, method, cfg.model, prompts,
-                            ctx.trial_dir / "grpo", ctx.seed)
-        return model, tokenizer, result, {"grpo_reference": _online_reference(method)}
+        result = self.trainer(model, tokenizer, reward_dir, method, cfg.model,
+                              _prompts(cfg, method[kind].get("max_prompts")),
+                              ctx.trial_dir / kind, ctx.seed, **pruning(ctx))
+        return model, tokenizer, result, {f"{kind}_reference": _online_reference(method)}
+
+
+class RlooPipeline(GrpoPipeline):
+    """RLOO from the SFT stage with the reward stage as the reward function."""
+
+    trainer = staticmethod(train_rloo)

@@ -1,8 +1,10 @@
 """Re-score a finished trial: run expensive evaluation stages on its saved model, in process.
 
-`evaluate_saved(trial_dir)` loads the trial's model back (the base plus its saved adapter, the
-saved full model, or the base model for the base record), runs the stages and updates its
-result.json: metrics, deltas against the base record, the stages' notes and `record.cascade`.
+`evaluate_saved(trial_dir)` loads the trial's model back (harness.trial.saved: its adapter on
+the base it was trained from, the saved full model, or the base model for the base record),
+checks that it differs from its start model, runs the stages and updates its result.json:
+metrics, deltas against the base record, the stages' notes and `record.cascade`. A missing
+adapter or one without effect marks the trial FAILED (SavedModelError, one line) instead.
 harness.sweep.cascade calls it for the top-k pass and for `reeval`, with the sweep's judge
 server of the moment (the one a trial's spec names died with the run that started it).
 """
@@ -13,13 +15,13 @@ import logging
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
 from harness.eval.cascade import Decision, baseline_folder, enabled_stages, run_stages
 from harness.eval.judge_server import ServedModel
-from harness.layout import MODEL_DIR
+from harness.layout import LOG_FILE
 from harness.records import (
     COMPLETE,
+    FAILED,
+    TrialError,
     TrialRecord,
     TrialSpec,
     deltas,
@@ -27,27 +29,9 @@ from harness.records import (
     read_trial_config,
     write_record,
 )
-from harness.train.modeling import load_base_model, load_tokenizer
+from harness.trial.saved import SavedModelError, adapter_effect, dead_message, load_saved
 
 log = logging.getLogger(__name__)
-
-
-def load_saved(cfg: DictConfig, spec: TrialSpec, trial_dir: Path):
-    """(model, tokenizer) of a finished trial: the base plus its saved adapter (or the saved
-    full model), or the base model for the base record."""
-    if spec.baseline:
-        return load_base_model(cfg.model), load_tokenizer(cfg.model)
-    saved = Path(trial_dir) / MODEL_DIR
-    if not saved.is_dir():
-        raise FileNotFoundError(f"{saved}: the trial saved no model to re-evaluate")
-    local = OmegaConf.merge(cfg.model, {"path": str(saved), "source": "local"})
-    tokenizer = load_tokenizer(local)
-    if cfg.method.get("peft") == "lora":
-        from peft import PeftModel
-
-        base = load_base_model(cfg.model, cfg.method.get("quantization"))
-        return PeftModel.from_pretrained(base, str(saved)), tokenizer
-    return load_base_model(local), tokenizer
 
 
 def with_judge(spec: TrialSpec, judge: ServedModel | None) -> TrialSpec:
@@ -67,8 +51,14 @@ def evaluate_saved(trial_dir: str | Path, stages: list[str] | None = None,
     record = read_record(trial_dir)
     if record is None:
         raise FileNotFoundError(f"{trial_dir}: no result.json")
-    model, tokenizer = load_saved(cfg, spec, trial_dir)
+    try:
+        model, tokenizer = load_saved(cfg, spec, trial_dir, record.stages)
+    except SavedModelError as exc:   # recorded for this trial; the caller goes on
+        mark_unusable(record, trial_dir, "SavedModelError", str(exc))
+        raise
     model.eval()
+    if not spec.baseline:
+        record.adapter_effect = adapter_effect(model, tokenizer, cfg, record.stages)
     metrics, extra = run_stages(model, tokenizer, cfg, stages or enabled_stages(cfg), spec)
     record.metrics.update(metrics)
     record.metrics["cascade/judged"] = 1.0
@@ -78,8 +68,20 @@ def evaluate_saved(trial_dir: str | Path, stages: list[str] | None = None,
     if not spec.baseline:
         base_dir = baseline_folder(cfg, spec)
         update_deltas(record, read_record(base_dir) if base_dir else None)
+    if record.adapter_effect.get("dead"):
+        mark_unusable(record, trial_dir, "SavedModelError",
+                      dead_message(spec, record.adapter_effect))
+        raise SavedModelError(dead_message(spec, record.adapter_effect))
     write_record(record, trial_dir)
     return metrics
+
+
+def mark_unusable(record: TrialRecord, trial_dir: Path, kind: str, message: str) -> None:
+    """FAILED with the reason: the saved model cannot stand for the trial's numbers (they
+    stay in the record, out of every ranking)."""
+    record.status = FAILED
+    record.error = TrialError(kind, message, str(Path(trial_dir) / LOG_FILE))
+    write_record(record, trial_dir)
 
 
 def update_deltas(record: TrialRecord, base: TrialRecord | None) -> None:

@@ -38,6 +38,15 @@ from harness.records import (
 from harness.registry import METHOD_KINDS
 from harness.trial.pipelines import BasePipeline, Trained, TrialContext
 from harness.trial.process import leave_data_parallel, rank, record_machine, setup_process
+from harness.trial.saved import (
+    SavedModelError,
+    adapter_effect,
+    artifact_info,
+    dead_message,
+    load_saved,
+    lora_dtypes,
+    release_memory,
+)
 from harness.trial.scoring import SKIPPED, PreferenceResult, preference_metrics, scoring_stage
 
 log = logging.getLogger("harness.trial.run")
@@ -73,9 +82,36 @@ def run_pipeline(ctx: TrialContext, record: TrialRecord) -> None:
         return
     if trained.result is not None:
         save_model(trained, ctx.trial_dir / MODEL_DIR, record)
+        reload_saved(ctx, trained, record)   # every number below is of the saved files
     run_battery(trained.model, trained.tokenizer, ctx.cfg, spec=ctx.spec).fill(record)
+    record.metrics.update(trained.metrics)   # the pipeline's own (online methods: KL, distinct-n)
     if ctx.spec.baseline:
         return
+    try:
+        score_preferences(ctx, trained, record)
+    finally:
+        if record.adapter_effect.get("dead"):   # numbers kept in the record, trial FAILED
+            raise SavedModelError(dead_message(ctx.spec, record.adapter_effect))
+
+
+def reload_saved(ctx: TrialContext, trained: Trained, record: TrialRecord) -> None:
+    """Swap the in-memory trained model for the saved one reloaded; record its dtypes and
+    whether it differs from the model training started from (harness.trial.saved)."""
+    trained_lora = lora_dtypes(trained.model)
+    trained.model = None   # the in-memory model's memory goes before the reload
+    release_memory()
+    trained.model, trained.tokenizer = load_saved(ctx.cfg, ctx.spec, ctx.trial_dir,
+                                                  record.stages)
+    record.artifact = artifact_info(trained_lora, trained.model, ctx.trial_dir / MODEL_DIR,
+                                    ctx.cfg)
+    record.adapter_effect = adapter_effect(trained.model, trained.tokenizer, ctx.cfg,
+                                           record.stages)
+    if record.adapter_effect["dead"]:
+        log.error(dead_message(ctx.spec, record.adapter_effect))
+
+
+def score_preferences(ctx: TrialContext, trained: Trained, record: TrialRecord) -> None:
+    """The preference metrics against the sweep's scoring reward model (if any)."""
     start = time.perf_counter()
     scorer = scoring_stage(ctx)   # the sweep's reward model: trained by the first trial
     if scorer is None:
@@ -105,6 +141,7 @@ def new_record(cfg: DictConfig, spec: TrialSpec, trial_dir: Path,
         versions=package_versions(),
         git_commit=spec.git_commit,
         job=dict(job or {}),
+        prediction=spec.prediction,   # the driver's memory estimate, beside the measured peak
     )
 
 
@@ -116,6 +153,7 @@ def record_training(record: TrialRecord, trained: Trained) -> None:
         return
     record.train_seconds, record.loss_history = result.seconds, result.loss_history
     record.train_steps, record.resumed_from_step = result.steps, result.resumed_from_step
+    record.train_tokens = result.tokens
     record.stages = [asdict(s) for s in trained.stages]
     record.extra.update(trained.notes)
 

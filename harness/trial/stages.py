@@ -2,7 +2,9 @@
 
 A cached stage's output lives in `<stages_dir>/<stage>-<hash>/` (the spec's `stages_dir`,
 normally `sweeps/<sweep>/stages/`) where the hash covers the stage's own resolved config (method
-block, data spec, seed) and its input stage's hash. A file lock makes parallel trials that need
+block, data spec, seed), its input stage's hash, the content of its input files (data files,
+a local base model) and the harness version and training code that build it; the key is in
+`stage.json` and in every trial record's `stages`. A file lock makes parallel trials that need
 the same stage wait for one build; later trials reuse it. A stage dir holds `model/` (a full
 model: LoRA adapters are merged into the base before the next stage; QLoRA adapters are merged
 into the base re-loaded in model dtype) and `stage.json`. The trial's own last stage
@@ -29,7 +31,7 @@ from harness import layout
 from harness.config.compose import conf_dir
 from harness.data.preference import preference_rows
 from harness.data.sft import sft_rows
-from harness.records import TrialSpec
+from harness.records import TrialSpec, package_versions
 from harness.train.modeling import load_base_model, load_trial_model
 from harness.train.reward import train_reward
 from harness.train.sft import train_sft
@@ -37,7 +39,7 @@ from harness.train.sft import train_sft
 log = logging.getLogger(__name__)
 
 STAGE_FILE = "stage.json"
-STAGE_VERSION = 2   # bump when a stage's code changes what it produces (invalidates caches)
+STAGE_VERSION = 3   # bump when a stage's output changes for reasons code_digest cannot see
 
 
 @dataclass
@@ -51,11 +53,60 @@ class Stage:
     seconds: float = 0.0
     role: str = "chain"
     extra: dict = field(default_factory=dict)
+    key: dict = field(default_factory=dict)   # what the hash covers (cached_stage)
 
 
 def plain(node) -> object:
     """A config node as plain Python (resolved); anything else as is."""
     return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def file_digest(path: Path, whole_below: int = 1 << 26) -> str:
+    """sha256 of a file's bytes (files over `whole_below` bytes: of their name and size, so
+    model weights in the tens of GB are not read on every trial)."""
+    path = Path(path)
+    stat = path.stat()
+    memo = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if memo not in _DIGESTS:
+        digest = hashlib.sha256()
+        if stat.st_size > whole_below:
+            digest.update(f"{path.name}:{stat.st_size}".encode())
+        else:
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        _DIGESTS[memo] = digest.hexdigest()[:16]
+    return _DIGESTS[memo]
+
+
+_DIGESTS: dict[tuple, str] = {}
+
+
+def content_digests(paths: list) -> dict[str, str]:
+    """{path: content digest} of the local files (or every file of local folders) among
+    `paths`; hub ids and unset paths are left out (the config names their revision)."""
+    out = {}
+    for raw in paths:
+        path = Path(str(raw)) if raw else None
+        if path is None or not path.exists():
+            continue
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if ".lock" not in file.name:
+                out[str(file)] = file_digest(file)
+    return out
+
+
+def code_digest() -> dict:
+    """The harness that builds stages: its version and a digest of the training and data code
+    (harness/train, harness/data, this module), so a code change rebuilds cached stages."""
+    root = Path(__file__).resolve().parents[1]
+    files = sorted([*root.joinpath("train").glob("*.py"), *root.joinpath("data").glob("*.py"),
+                    Path(__file__).resolve()])
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode() + file.read_bytes())
+    return {"harness": package_versions().get("harness"), "code": digest.hexdigest()[:16]}
 
 
 def stage_hash(config: dict, input_hash: str | None) -> str:
@@ -85,16 +136,19 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def cached_stage(root: Path, name: str, config: dict, input_hash: str | None,
-                 build: Callable[[Path], dict]) -> Stage:
-    """The stage's dir, built by `build(tmp_dir)` once under a lock, else reused."""
-    digest = stage_hash(config, input_hash)
+                 build: Callable[[Path], dict], inputs: list | None = None) -> Stage:
+    """The stage's dir, built by `build(tmp_dir)` once under a lock, else reused. Its key:
+    the stage config, its input stage's hash, the content of its input files (`inputs`: data
+    files, model folders) and the harness code that builds it (`Stage.key`)."""
+    key = {"config": config, "files": content_digests(inputs or []), **code_digest()}
+    digest = stage_hash(key, input_hash)
     out = root / f"{name}-{digest}"
     with file_lock(root / f".{name}-{digest}.lock"):
         if (out / STAGE_FILE).exists():
             info = json.loads((out / STAGE_FILE).read_text())
             log.info("stage %s reused from %s", name, out)
             return Stage(name, str(out), digest, True, info.get("seconds", 0.0),
-                         extra=info.get("extra", {}))
+                         extra=info.get("extra", {}), key=info.get("key", key))
         tmp = root / f".{name}-{digest}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -104,11 +158,11 @@ def cached_stage(root: Path, name: str, config: dict, input_hash: str | None,
         extra = build(tmp)
         seconds = time.perf_counter() - start
         info = {"name": name, "hash": digest, "input": input_hash, "seconds": seconds,
-                "extra": extra}
+                "extra": extra, "key": key}
         (tmp / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str))
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
-    return Stage(name, str(out), digest, False, seconds, extra=extra)
+    return Stage(name, str(out), digest, False, seconds, extra=extra, key=key)
 
 
 def cached_json(path: Path, build: Callable[[], dict]) -> dict:
@@ -184,7 +238,15 @@ def sft_stage(cfg: DictConfig, root: Path) -> Stage:
     config = {"method": plain(cfg.method.sft), "data": plain(cfg.data.train),
               "eval_loss": plain(cfg.data.get("eval_loss")),
               "max_train_samples": cfg.data.get("max_train_samples"), "seed": int(cfg.seed)}
-    return cached_stage(root, "sft", config, base_hash(cfg), lambda tmp: _build_sft(cfg, tmp))
+    inputs = [cfg.data.train.get("path"), (cfg.data.get("eval_loss") or {}).get("path"),
+              model_folder(cfg.model)]
+    return cached_stage(root, "sft", config, base_hash(cfg), lambda tmp: _build_sft(cfg, tmp),
+                        inputs)
+
+
+def model_folder(model_cfg: DictConfig) -> str | None:
+    """The base model's local folder (None for a hub id: its revision is in the config)."""
+    return str(model_cfg.path) if model_cfg.get("source") in ("embedded", "local") else None
 
 
 # ----------------------------------------------------------------------------- reward stage
@@ -212,7 +274,8 @@ def reward_stage(cfg: DictConfig, root: Path, sft: Stage | None = None) -> Stage
         return {"train_seconds": result.seconds, "steps": result.steps, "init": init_dir,
                 "loss_history": result.loss_history}
 
-    return cached_stage(root, "reward", config, input_hash, build)
+    inputs = [rows_spec.get("path"), None if from_sft else model_folder(cfg.model)]
+    return cached_stage(root, "reward", config, input_hash, build, inputs)
 
 
 def _tokenizer(path: str):
