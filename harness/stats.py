@@ -3,6 +3,10 @@
     mean_interval(values)          95% CI of the mean of one configuration's runs
     difference_interval(a, b)      95% CI of mean(a) - mean(b) (two configurations, resampled
                                    independently); "not distinguishable" when it contains 0
+    compare(a, b)                  mean(a) - mean(b) with its CI and two-sided p-value, paired by
+                                   seed when the runs share seeds (`paired_comparison`), else
+                                   Welch's (`unpaired_comparison`); `level` sets the CI level
+    holm(p_values)                 Holm's step-down adjusted p-values (several comparisons)
 
 Two interval methods (`replicate.ci.method`):
 
@@ -159,3 +163,91 @@ def _t_quantile(q: float, dof: float) -> float:
     from scipy import stats
 
     return float(stats.t.ppf(q, dof))
+
+
+# -- comparisons with a p-value: paired by seed, Holm across comparisons ----------------------
+@dataclass(frozen=True)
+class Comparison:
+    """mean(a) - mean(b): its CI at `level`, a two-sided p-value and how it was paired."""
+
+    interval: Interval
+    p_value: float
+    paired: bool                        # differences taken seed by seed
+    level: float
+
+    def distinguishable(self, alpha: float) -> bool:
+        return self.p_value < alpha and not self.interval.contains(0.0)
+
+
+def paired_comparison(a: dict[int, float], b: dict[int, float],
+                      level: float = 0.95) -> Comparison | None:
+    """Paired t: the differences a[s] - b[s] over the seeds both have (None below 2).
+
+    Interval mean(d) +- t(1 - (1-level)/2, n-1) * sd(d)/sqrt(n), p from the same t statistic
+    (scipy.stats.ttest_rel's). Pairing removes the seed's shared effect (data order, init),
+    which is what makes replicates of different methods comparable at 3 seeds.
+    """
+    from scipy import stats
+
+    seeds = sorted(set(a) & set(b))
+    if len(seeds) < 2:
+        return None
+    d = np.array([a[s] - b[s] for s in seeds], dtype=float)
+    n, mean = len(d), float(d.mean())
+    se = float(d.std(ddof=1)) / math.sqrt(n)
+    if se == 0:
+        return Comparison(Interval(mean, mean, mean, n), 0.0 if mean else 1.0, True, level)
+    half = _t_quantile(1 - (1 - level) / 2, n - 1) * se
+    p = float(2 * stats.t.sf(abs(mean / se), n - 1))
+    return Comparison(Interval(mean, mean - half, mean + half, n), p, True, level)
+
+
+def unpaired_comparison(a: Sequence[float], b: Sequence[float],
+                        level: float = 0.95) -> Comparison | None:
+    """Welch's t (unequal variances): CI and p of mean(a) - mean(b); None if either has < 2."""
+    from scipy import stats
+
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(x) < 2 or len(y) < 2:
+        return None
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    diff, se = float(x.mean() - y.mean()), math.sqrt(vx + vy)
+    n = min(len(x), len(y))
+    if se == 0:
+        return Comparison(Interval(diff, diff, diff, n), 0.0 if diff else 1.0, False, level)
+    dof = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+    half = _t_quantile(1 - (1 - level) / 2, dof) * se
+    p = float(2 * stats.t.sf(abs(diff / se), dof))
+    return Comparison(Interval(diff, diff - half, diff + half, n), p, False, level)
+
+
+def compare(a: dict[int, float], b: dict[int, float], level: float = 0.95) -> Comparison | None:
+    """Paired by seed when a and b share >= 2 seeds, else Welch's on all values."""
+    if len(set(a) & set(b)) >= 2:
+        return paired_comparison(a, b, level)
+    return unpaired_comparison(list(a.values()), list(b.values()), level)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order.
+
+    Written here (8 lines) rather than importing statsmodels' multipletests for one function:
+    sorted p(1) <= ... <= p(m), adjusted p(k) = max over j <= k of min(1, (m - j + 1) p(j)).
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [1.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        adjusted[i] = running
+    return adjusted
+
+
+def holm_levels(p_values: Sequence[float], level: float = 0.95) -> list[float]:
+    """The CI level of each comparison at its Holm step: 1 - alpha / (m - rank), rank by p."""
+    alpha, m = 1 - level, len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    levels = [level] * m
+    for rank, i in enumerate(order):
+        levels[i] = 1 - alpha / (m - rank)
+    return levels

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from harness.embedded.build import build_embedded
 from harness.embedded.corpus import SUMMARIZE_INSTRUCTION, summarize_prompt
+from harness.embedded.general import ensure_general_task
 from harness.embedded.judge import SEED, build_judge
 from harness.embedded.prompts import JUDGE_PROMPTS
 from harness.embedded.text import (
@@ -192,9 +193,11 @@ def build_embedded_evals(root: str | Path, *, seed: int = SEED, judge: bool = Tr
 
     root = Path(root).absolute()
     if is_complete(root):
+        ensure_general_task(root, seed)     # own marker: the cache key above is unchanged
         return root
     with FileLock(str(root.parent / f".{root.name}.evals.lock")):
         if is_complete(root):
+            ensure_general_task(root, seed)
             return root
         start = time.time()
         tmp = root / f".evals.tmp-{os.getpid()}"
@@ -210,6 +213,7 @@ def build_embedded_evals(root: str | Path, *, seed: int = SEED, judge: bool = Tr
         shutil.rmtree(tmp, ignore_errors=True)
         info["seconds"] = round(time.time() - start, 1)
         (root / EVALS_DIR / MARKER).write_text(json.dumps(info, indent=2) + "\n")
+        ensure_general_task(root, seed)
     return root
 
 

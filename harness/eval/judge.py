@@ -12,7 +12,8 @@
   concurrent trial processes) keyed by question id, turn, answer hash, judge model and prompt
   name (plus a hash of the full rendered prompt), so a re-run never pays twice;
 - FastChat's `[[rating]]` parsing (`Rating: [[5]]`, backup `[5]`); a reply with no rating, or
-  one outside 1..10, is unparseable: counted and excluded from scores, like FastChat's -1.
+  one outside 1..10, is unparseable: counted and excluded from scores, like FastChat's -1;
+  pairwise replies (`[[A]]`, `[[B]]`, `[[C]]` for a tie) through `parse_pairwise`.
 """
 
 from __future__ import annotations
@@ -132,6 +133,18 @@ def parse_rating(judgment: str) -> float:
         return NO_RATING
     low, high = RATING_RANGE
     return value if low <= value <= high else NO_RATING
+
+
+def parse_pairwise(judgment: str) -> str:
+    """FastChat's pairwise verdict (play_a_match_pair): "A", "B", "tie" ([[C]]) or "error"."""
+    text = judgment or ""
+    if "[[A]]" in text:
+        return "A"
+    if "[[B]]" in text:
+        return "B"
+    if "[[C]]" in text:
+        return "tie"
+    return "error"
 
 
 # ------------------------------------------------------------------------------- cache

@@ -131,7 +131,9 @@ def link(path: Path | str) -> Raw:
 
 
 def section(sid: str, title: str, body: str) -> str:
-    return f'<section id="{sid}"><h2>{e(title)}</h2>{body}</section>'
+    """A page section; an empty title draws no heading (its body carries its own)."""
+    head = f"<h2>{e(title)}</h2>" if title else ""
+    return f'<section id="{sid}">{head}{body}</section>'
 
 
 # -- the page shell ----------------------------------------------------------------------------

@@ -26,13 +26,21 @@ from harness.report.figures import Figures
 from harness.report.html import document, e, note, section
 from harness.report.sections import (
     cost,
+    data_card,
+    decision,
+    diagnostics,
     environment,
     evals,
     failures,
+    forgetting,
+    hacking,
+    human,
     leaderboard,
+    memory_estimate,
     metrics,
     optuna_plots,
     replicates,
+    space_warnings,
     summary,
     training,
 )
@@ -59,13 +67,19 @@ class Section:
     extract: Callable[[SweepData], Any]
     render: Callable[[Any, Figures], str]
     when: Callable[[SweepData], bool] = _always     # the section is on this sweep's page
+    top: bool = False                   # on the first screen, above the contents line
 
     def html(self, data: SweepData, figs: Figures) -> str:
         return self.render(self.extract(data), figs)
 
 
 SECTIONS: tuple[Section, ...] = (
-    Section("summary", "At a glance", summary.extract_summary, summary.render_summary),
+    Section("summary", "At a glance", summary.extract_summary, summary.render_summary,
+            top=True),
+    Section("decision", "Decision: which method, by how much, how sure, at what cost",
+            decision.extract_decision, decision.render_decision, top=True),
+    Section("warnings", "", space_warnings.extract_warnings,      # its box has the heading
+            space_warnings.render_warnings, top=True),
     Section("leaderboard", "Leaderboard", leaderboard.extract_leaderboard,
             leaderboard.render_leaderboard),
     Section("trials", "Trials", leaderboard.extract_trials, leaderboard.render_trials),
@@ -91,13 +105,27 @@ SECTIONS: tuple[Section, ...] = (
             evals.render_eval_bars),
     Section("resources", "Time and memory per trial", training.extract_resources,
             training.render_resources),
+    Section("memory-estimate", "Predicted against measured memory; trials not launched",
+            memory_estimate.extract_memory_estimate, memory_estimate.render_memory_estimate),
     Section("methods", "Per-method comparison", metrics.extract_methods,
             metrics.render_methods),
+    Section("methods-start", "Each method against its start; reward hacking",
+            hacking.extract_methods_start, hacking.render_methods_start),
+    Section("forgetting", "Forgetting check: general tasks, base model against each trial",
+            forgetting.extract_forgetting, forgetting.render_forgetting),
+    Section("human", "Human evaluation: blinded ratings and inter-rater agreement",
+            human.extract_human, human.render_human),
+    Section("judge", "The judge: who graded, how, and how consistently",
+            diagnostics.extract_judge, diagnostics.render_judge),
+    Section("diagnostics", "Diagnostics: how the evaluations ran (counters, adapter check)",
+            diagnostics.extract_diagnostics, diagnostics.render_diagnostics),
     Section("samples", "Sample generations", evals.extract_samples, evals.render_samples),
     Section("failures", "Failed, pruned and unfinished trials", failures.extract_failures,
             failures.render_failures),
     Section("config-diff", "Config difference between the top trials",
             failures.extract_config_diff, failures.render_config_diff),
+    Section("data-card", "Data card: preparation, duplicates, PII, contamination",
+            data_card.extract_data_card, data_card.render_data_card),
     Section("environment", "Environment", environment.extract_environment,
             environment.render_environment),
 )
@@ -113,10 +141,12 @@ def render(data: SweepData) -> str:
     figs = Figures()
     shown = [s for s in SECTIONS if s.when(data)]
     parts = [section(s.id, s.title, _body(s, data, figs)) for s in shown]
-    nav = " · ".join(f'<a href="#{s.id}">{e(s.title)}</a>' for s in shown[1:])
+    top = "".join(p for s, p in zip(shown, parts, strict=True) if s.top)
+    rest = "".join(p for s, p in zip(shown, parts, strict=True) if not s.top)
+    nav = " · ".join(f'<a href="#{s.id}">{e(s.title)}</a>' for s in shown if not s.top)
     title = f"Sweep {data.name}"
     return document(title, f'<h1>{e(title)}</h1><p class="note">{e(data.sweep_dir.resolve())}'
-                           f"</p>{parts[0]}<nav>{nav}</nav>{''.join(parts[1:])}")
+                           f"</p>{top}<nav>{nav}</nav>{rest}")
 
 
 def _body(entry: Section, data: SweepData, figs: Figures) -> str:
@@ -131,9 +161,13 @@ def _body(entry: Section, data: SweepData, figs: Figures) -> str:
         return note(f"This section could not be made: {type(exc).__name__}: {exc}")
 
 
-def write_report(sweep_dir: Path, out_path: Path, ci: CISettings | None = None) -> Path:
-    """Write the sweep's report as one self-contained HTML file; returns its path."""
+def write_report(sweep_dir: Path, out_path: Path, ci: CISettings | None = None,
+                 report: Any = None) -> Path:
+    """Write the sweep's report as one self-contained HTML file; returns its path. `report`
+    (the command line's `report:` block) replaces the one the sweep was run with."""
     data = load_sweep(Path(sweep_dir), ci)
+    if report is not None:
+        data.cfg.report = report
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     text = render(data)

@@ -13,6 +13,7 @@ import plotly.graph_objects as go
 
 from harness.report.figures import Figures
 from harness.report.html import note, table, text
+from harness.report.sections.diagnostics import extract_judge
 from harness.sweep.results import SweepData, num, plain
 
 MAX_EVAL_BARS = 40               # lm-eval task metrics / MT-Bench categories drawn
@@ -83,9 +84,12 @@ def extract_mt_bench(data: SweepData) -> EvalBarsInfo:
                             "no trial was judged).")
     head = [f"mt_bench/{k}" for k in ("score", "turn1", "turn2") if f"mt_bench/{k}" in names]
     order = (head + [m for m in names if m not in head])[:MAX_EVAL_BARS]
-    return EvalBarsInfo(None, "MT-Bench per category (judge score 1-10)", tuple(order),
+    title = "MT-Bench per category (judge score 1-10)" + (
+        ": embedded tiny judge, a plumbing check with no quality signal"
+        if extract_judge(data).embedded else "")
+    return EvalBarsInfo(None, title, tuple(order),
                         tuple(m.removeprefix("mt_bench/") for m in order), len(order),
-                        _runs(data, order, False, counts), tuple(counts))
+                        _runs(data, order, False, counts), ())   # counts: diagnostics
 
 
 def render_eval_bars(info: EvalBarsInfo, figs: Figures) -> str:

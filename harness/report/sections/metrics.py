@@ -19,9 +19,10 @@ from plotly.subplots import make_subplots
 from harness.records import COMPLETE
 from harness.report.figures import Figures, color
 from harness.report.html import e, note, table
+from harness.report.kinds import ReportSettings, is_quality
 from harness.sweep.results import SweepData, num
 
-MAX_SCATTER_METRICS = 24         # metrics plotted against the parameters (no *_stderr)
+MAX_SCATTER_METRICS = 24         # metrics plotted against the parameters (objectives first)
 SCATTER_COLS = 3                 # subplots per row in "metric against parameter"
 
 
@@ -57,17 +58,24 @@ class MetricsInfo:
     axes: tuple[ParamAxis, ...] = ()
     methods: tuple[str, ...] = ()
     panels: tuple[MetricPanel, ...] = ()
-    total: int = 0                      # metrics there are (no *_stderr); panels: the first
+    total: int = 0                      # metrics asked for; panels: the first
+    others: tuple[str, ...] = ()        # quality metrics not drawn (add them: report.metrics)
+    unknown: tuple[str, ...] = ()       # report.metrics no completed trial recorded
 
 
 def extract_metrics(data: SweepData) -> MetricsInfo:
-    """Each numeric metric against each swept parameter (categories as categories)."""
+    """The objectives and the `report.metrics` against each swept parameter (categories as
+    categories); other quality metrics are listed, not drawn."""
     done = [r for r in data.records if r.status == COMPLETE]
     if not done or not data.numeric_metrics:
         return MetricsInfo("No completed trial with metrics yet.")
     if not data.param_names:
         return MetricsInfo("The sweep has no swept parameters.")
-    metrics = [m for m in data.numeric_metrics if not m.endswith("_stderr")]
+    chosen = [m for m, _ in data.objectives] + list(
+        ReportSettings.from_config(data.cfg.get("report")).metrics)
+    metrics = [m for m in dict.fromkeys(chosen) if m in data.numeric_metrics]
+    unknown = tuple(m for m in dict.fromkeys(chosen) if m not in data.numeric_metrics)
+    others = tuple(m for m in data.numeric_metrics if is_quality(m) and m not in metrics)
     axes = tuple(_axis(data, name) for name in data.param_names)
     methods = tuple(sorted({r.method for r in done}))
     panels = []
@@ -83,7 +91,7 @@ def extract_metrics(data: SweepData) -> MetricsInfo:
                 points.append(ParamPoints(axis.name, method, xs, tuple(y for _, y, _ in found),
                                           tuple(n for _, _, n in found)))
         panels.append(MetricPanel(metric, data.base_value(metric), tuple(points)))
-    return MetricsInfo(None, axes, methods, tuple(panels), len(metrics))
+    return MetricsInfo(None, axes, methods, tuple(panels), len(metrics), others, unknown)
 
 
 def _spec(data: SweepData, name: str) -> dict:
@@ -109,7 +117,12 @@ def render_metrics(info: MetricsInfo, figs: Figures) -> str:
     shown = len(info.panels)
     head = note(f"Showing the first {shown} of {info.total} metrics (objectives first; "
                 "all are in the trials table).") if info.total > shown else ""
-    return head + "".join(figs.html(*_metric_figure(info, p)) for p in info.panels)
+    tail = note("Drawn: the objectives and report.metrics. Other quality metrics (in the "
+                "trials table; draw them with report.metrics=[...]): "
+                + ", ".join(info.others)) if info.others else ""
+    if info.unknown:
+        tail += note("Not drawn, no completed trial recorded them: " + ", ".join(info.unknown))
+    return head + "".join(figs.html(*_metric_figure(info, p)) for p in info.panels) + tail
 
 
 def _metric_figure(info: MetricsInfo, panel: MetricPanel) -> tuple[go.Figure, int]:

@@ -25,7 +25,16 @@ from harness.report.html import (
     params_text,
     table,
 )
-from harness.stats import Interval, Spread, difference_interval, mean_interval, spread
+from harness.report.kinds import is_quality
+from harness.stats import (
+    CISettings,
+    Interval,
+    Spread,
+    compare,
+    difference_interval,
+    mean_interval,
+    spread,
+)
 from harness.sweep.results import Group, SweepData, num
 
 MAX_REPLICATE_GROUPS = 12        # replicated configurations compared pairwise
@@ -100,13 +109,28 @@ def group_stats(data: SweepData, group: Group, metric: str,
     mean = mean_interval(values, data.ci)
     vs_best = None
     if ref is not None and ref.number != group.number:
-        vs_best = difference_interval(values, ref.values(metric), data.ci)
+        vs_best = group_difference(group, ref, metric, data.ci)
     return GroupStats(
         number=group.number, label=group.label, method=group.method, params=group.params,
         metric=metric, direction=direction, seeds=tuple(group.seeds()), values=tuple(values),
         spread=spread(values) if values else None, mean=mean,
         vs_base=mean.shifted(base) if mean is not None and base is not None else None,
         vs_best=vs_best, reference=ref is not None and ref.number == group.number)
+
+
+def by_seed(group: Group, metric: str) -> dict[int, float]:
+    """The group's metric per seed (its COMPLETE runs)."""
+    found = {r.seed: num(r.metrics.get(metric)) for r in group.runs}
+    return {s: v for s, v in found.items() if v is not None}
+
+
+def group_difference(a: Group, b: Group, metric: str, ci: CISettings) -> Interval | None:
+    """CI of mean(a) - mean(b): paired by seed (paired t, harness.stats.compare) when the runs
+    share >= 2 seeds and replicate.ci.method is t; else the groups resampled independently."""
+    sa, sb = by_seed(a, metric), by_seed(b, metric)
+    if ci.method == "t" and len(set(sa) & set(sb)) >= 2:
+        return compare(sa, sb, ci.level).interval
+    return difference_interval(a.values(metric), b.values(metric), ci)
 
 
 def ranked_groups(groups: list[Group], metric: str, direction: str) -> list[Group]:
@@ -131,7 +155,7 @@ def extract_replicates(data: SweepData) -> ReplicatesInfo:
         mine = [g for g in ranked if g.method == method]
         by_method.append((method, len(mine), group_stats(data, mine[0], metric, direction)))
     directions = dict(data.objectives)
-    metrics = [m for m in data.numeric_metrics if not m.endswith("_stderr")]
+    metrics = [m for m in data.numeric_metrics if is_quality(m)]
     every = [group_stats(data, g, m, directions.get(m)) for g in ranked for m in metrics
              if g.values(m)]
     return ReplicatesInfo(
@@ -150,7 +174,7 @@ def _pairs(data: SweepData, ranked: list[Group], metric: str,
     pairs = []
     for i, a in enumerate(shown):
         for b in shown[i + 1:]:
-            diff = difference_interval(a.values(metric), b.values(metric), data.ci)
+            diff = group_difference(a, b, metric, data.ci)
             ia = mean_interval(a.values(metric), data.ci)
             ib = mean_interval(b.values(metric), data.ci)
             winner = None if diff.contains(0.0) else (
@@ -206,7 +230,8 @@ def render_replicates(info: ReplicatesInfo, figs: Figures) -> str:
     if info.hint is not None:
         return note(info.hint)
     metric = info.metric
-    head = note(f"{info.ci_text}. A configuration's runs: its sweep trial plus its "
+    head = note(f"{info.ci_text}; differences paired by seed where the runs share seeds "
+                "(paired t). A configuration's runs: its sweep trial plus its "
                 "replicates (same config, other seed). Δ vs base: mean minus the base "
                 "model's value; Δ vs best: mean minus the mean of the configuration with the "
                 f"best mean {metric} ({info.reference or 'none with 2 runs yet'}).")

@@ -28,6 +28,7 @@ from harness.report.html import (
     table,
     text,
 )
+from harness.report.kinds import is_quality
 from harness.report.sections.replicates import GroupStats, group_stats
 from harness.sweep.results import (
     SweepData,
@@ -103,6 +104,8 @@ def extract_summary(data: SweepData) -> SummaryInfo:
     directions = dict(data.objectives)
     rows = []
     for metric in data.metric_names:
+        if not is_quality(metric):      # counters: diagnostics; stderr: beside its metric
+            continue
         base = data.baseline.metrics.get(metric) if data.baseline else None
         value = best.metrics.get(metric) if best else None
         if base is None and value is None:
@@ -229,7 +232,9 @@ def _comparison(info: SummaryInfo) -> str:
     rows = [[r.metric, r.base, r.value, Raw(delta_html(r.delta, r.delta_pct, r.direction))]
             for r in info.comparison]
     best = f"best #{info.best_number}" if info.best_number is not None else "best"
-    return table(["metric", "base model", best, "Δ (Δ%)"], rows, "compact")
+    return ("<details><summary>every quality metric: base model against the best trial"
+            "</summary>" + table(["metric", "base model", best, "Δ (Δ%)"], rows, "compact")
+            + "</details>")
 
 
 # -- the best trial and its config -------------------------------------------------------------
