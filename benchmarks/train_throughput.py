@@ -196,6 +196,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--json", type=Path, default=None,
+                        help="also write one row per method (tokens/s, ratio, peak) here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--runner", default="harness", help=argparse.SUPPRESS)
     parser.add_argument("--method", default="lora", help=argparse.SUPPRESS)
@@ -217,6 +219,19 @@ def main() -> None:
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 results.append(json.loads(out.strip().splitlines()[-1]))
     print_table(args, results)
+    if args.json:
+        args.json.write_text(json.dumps(method_rows(args, results), indent=2))
+
+
+def method_rows(args: argparse.Namespace, results: list[dict]) -> list[dict]:
+    """Per method: plain and harness tokens/s, their ratio, and both peaks (GB)."""
+    by = {(r["method"], r["runner"]): r for r in results}
+    return [{"method": m, "plain_tokens_per_s": by[(m, "plain")]["tokens_per_s"],
+             "harness_tokens_per_s": by[(m, "harness")]["tokens_per_s"],
+             "ratio": by[(m, "harness")]["tokens_per_s"] / by[(m, "plain")]["tokens_per_s"],
+             "plain_peak_gb": by[(m, "plain")]["peak_gb"],
+             "harness_peak_gb": by[(m, "harness")]["peak_gb"]}
+            for m in args.methods.split(",")]
 
 
 def print_table(args: argparse.Namespace, results: list[dict]) -> None:

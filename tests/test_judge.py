@@ -237,6 +237,75 @@ def test_server_start_failure_is_clear(tmp_path):
             pass
 
 
+DRIVER = """
+import json, sys, time
+from omegaconf import OmegaConf
+from harness.eval.judge_server import sweep_judge
+cfg = OmegaConf.create(json.loads(sys.argv[1]))
+with sweep_judge(cfg, sys.argv[2]) as server:
+    print(server.pid, flush=True)
+    time.sleep(600)
+"""
+
+
+def test_judge_server_dies_with_a_sigkilled_driver(toy_models, tmp_path):
+    """SIGKILL of the driver while its judge runs: within 10 s no server process remains (it
+    runs in its own session, so only its watchdog can notice); the record the killed driver
+    left is stale, and a resumed driver finds nothing to stop."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from harness.eval.judge_server import SERVER_FILE, _running, stop_stale_server
+
+    _, judge_dir = toy_models
+    cfg = {"paths": {"embedded": str(tmp_path / "embedded")}, "eval": {
+        "mt_bench": {"enabled": True},
+        "judge": {"base_url": None, "serve": {"model_path": str(judge_dir), "threads": 1}}}}
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(cfg), str(tmp_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(driver.stdout.readline())     # printed once the server is healthy
+        assert _running(server_pid)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _running(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(server_pid), "judge server outlived its SIGKILLed driver"
+    finally:
+        driver.kill()
+    assert (tmp_path / SERVER_FILE).is_file()          # the killed driver could not clean up
+    assert stop_stale_server(tmp_path / SERVER_FILE) is None
+    assert not (tmp_path / SERVER_FILE).exists()
+
+
+def test_resumed_driver_stops_a_stale_server_and_spares_other_programs(tmp_path):
+    """A server recorded in the sweep folder that still runs is stopped before a new one
+    starts; a recorded pid now used by an unrelated program is left alone."""
+    import subprocess
+    import sys
+
+    from harness.eval.judge_server import SERVE_MODULE, SERVER_FILE, _running, stop_stale_server
+
+    record = tmp_path / SERVER_FILE
+    # Stands in for a server whose watchdog failed: same entry module on its command line.
+    stale = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", SERVE_MODULE],
+                             start_new_session=True)
+    other = subprocess.Popen(["sleep", "120"], start_new_session=True)
+    try:
+        record.write_text(json.dumps({"pid": other.pid}))
+        assert stop_stale_server(record) is None and other.poll() is None
+        record.write_text(json.dumps({"pid": stale.pid}))
+        assert stop_stale_server(record) == stale.pid
+        stale.wait(timeout=5)
+        assert not _running(stale.pid) and not record.exists()
+    finally:
+        stale.kill()
+        other.kill()
+
+
 @pytest.fixture(scope="session")
 def toy_models(tmp_path_factory):
     """A tiny chat model and a judge that always answers 'Rating: [[7]]' (built once)."""

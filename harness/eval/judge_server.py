@@ -16,6 +16,7 @@ writes its URL and model into every trial's spec (`judge_url`, `judge_model`), w
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -40,7 +41,10 @@ log = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 JUDGE_CACHE_DIR = "judge_cache"
-SERVE_CODE = "import sys; from transformers.cli.transformers import main; sys.exit(main())"
+# The server entry: `transformers serve` under a watchdog that kills it when its parent dies.
+SERVE_MODULE = "harness.eval.judge_serve_main"
+# A sweep's running judge server (pid, port, model), so a resumed driver can stop a stale one.
+SERVER_FILE = "judge_server.json"
 
 
 class JudgeServerError(RuntimeError):
@@ -76,8 +80,10 @@ def ensure_hub_cache() -> Path:
 
 def serve_command(model_dir: str, port: int, device: str = "cpu", dtype: str = "auto",
                   extra_args: list[str] | None = None) -> list[str]:
-    """The `transformers serve` command line (run with this interpreter)."""
-    return [sys.executable, "-c", SERVE_CODE, "serve", model_dir, "--host", HOST,
+    """The `transformers serve` command line (run with this interpreter), watched: the server
+    kills itself when the process that runs this command dies (judge_serve_main)."""
+    return [sys.executable, "-m", SERVE_MODULE, str(os.getpid()), "serve", model_dir,
+            "--host", HOST,
             "--port", str(port), "--device", device, "--dtype", dtype, "--log-level", "warning",
             *(extra_args or [])]
 
@@ -186,12 +192,56 @@ def sweep_judge(cfg: DictConfig, sweep_dir: str | Path) -> Iterator[ServedModel 
         return
     ensure_for_config(cfg)
     serve = cfg.eval.judge.serve
+    record = Path(sweep_dir) / SERVER_FILE
+    stale = stop_stale_server(record)
+    if stale:
+        log.warning("stopped judge server pid %d left running by an earlier driver", stale)
     with serve_model(model_path, log_path=Path(sweep_dir) / "judge_server.log",
                      startup_timeout_s=float(serve.get("startup_timeout_s", 180)),
                      device=str(serve.get("device", "cpu")),
                      dtype=str(serve.get("dtype", "auto")),
                      threads=serve.get("threads")) as server:
-        yield server
+        record.write_text(json.dumps({"pid": server.pid, "port": server.port,
+                                      "model": server.model, "driver_pid": os.getpid()}))
+        try:
+            yield server
+        finally:
+            record.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def stop_stale_server(record: Path, grace_s: float = 10.0) -> int | None:
+    """Stop the judge server recorded in `record` if it still runs (a killed driver's); return
+    its pid, or None when there was none. A recorded pid that now belongs to another program
+    is left alone (its command line must name the judge's entry module)."""
+    try:
+        pid = int(json.loads(record.read_text())["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    record.unlink(missing_ok=True)
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    if SERVE_MODULE.encode() not in cmdline:
+        return None
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if not _running(pid):
+                return pid
+            time.sleep(0.2)
+    return pid
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from omegaconf import DictConfig
 
+from harness.launch.devices import device_plan
 from harness.layout import JOB_FILE
 from harness.registry import LAUNCHERS
 
@@ -57,7 +58,10 @@ def trial_threads(launcher: DictConfig) -> int:
     """Torch threads per trial: configured, or this machine's cores shared by parallel trials."""
     if launcher.get("torch_threads"):
         return int(launcher.torch_threads)
-    return max(1, (os.cpu_count() or 1) // max(1, int(launcher.parallel)))
+    parallel = launcher.get("parallel")
+    if parallel is None:   # local: as many trials as the GPUs allow (launch.devices)
+        parallel = device_plan(launcher).parallel
+    return max(1, (os.cpu_count() or 1) // max(1, int(parallel)))
 
 
 def read_job_file(trial_dir: Path) -> dict:

@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from harness.launch.base import read_job_file, write_job_file
+from harness.launch.devices import DevicePool, device_plan
 from harness.layout import LOG_FILE
 
 
@@ -19,16 +21,26 @@ class LocalJob:
     """A trial running as a child process (or an orphan left by a killed driver)."""
 
     def __init__(self, trial_dir: Path, pid: int, process: subprocess.Popen | None,
-                 timeout_s: float, started: float):
+                 timeout_s: float, started: float,
+                 on_end: Callable[[], None] | None = None):
         self.trial_dir, self.pid, self.process = trial_dir, pid, process
         self.timeout_s, self.started = timeout_s, started
         self.timed_out = False
+        self._on_end = on_end   # gives the trial's GPUs back, once, however the trial ended
 
     def done(self) -> bool:
         if time.time() - self.started > self.timeout_s and self._alive():
             self.timed_out = True
             self.cancel()
-        return not self._alive()
+        if self._alive():
+            return False
+        self._ended()
+        return True
+
+    def _ended(self) -> None:
+        if self._on_end is not None:
+            self._on_end, on_end = None, self._on_end
+            on_end()
 
     def _alive(self) -> bool:
         if self.process is not None:
@@ -52,6 +64,8 @@ class LocalJob:
             pass
         if self.process is not None:
             self.process.wait()
+        if not self._alive():
+            self._ended()
 
 
 class LocalLauncher:
@@ -63,17 +77,31 @@ class LocalLauncher:
     """
 
     def __init__(self, cfg: DictConfig):
-        self.parallel = int(cfg.launcher.parallel)
+        self.plan = device_plan(cfg.launcher)   # ConfigError before anything is written
+        self.parallel = self.plan.parallel
+        self.pool = DevicePool(self.plan)
         self.timeout_s = float(cfg.launcher.timeout_min) * 60
 
+    def command(self, trial_dir: Path) -> list[str]:
+        """The trial process's command line."""
+        return [sys.executable, "-m", "harness.trial", str(trial_dir)]
+
     def submit(self, trial_dir: Path) -> LocalJob:
-        with (trial_dir / LOG_FILE).open("ab") as log_file:
-            process = subprocess.Popen([sys.executable, "-m", "harness.trial", str(trial_dir)],
-                                       stdout=log_file, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL)
+        devices = self.pool.acquire()
+        env = {**os.environ, **self.plan.environment(devices)}
+        try:
+            with (trial_dir / LOG_FILE).open("ab") as log_file:
+                process = subprocess.Popen(self.command(trial_dir), stdout=log_file,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                           env=env)
+        except BaseException:
+            self.pool.release(devices)
+            raise
         started = time.time()
-        write_job_file(trial_dir, {"launcher": "local", "pid": process.pid, "started": started})
-        return LocalJob(trial_dir, process.pid, process, self.timeout_s, started)
+        write_job_file(trial_dir, {"launcher": "local", "pid": process.pid, "started": started,
+                                   "devices": list(devices)})
+        return LocalJob(trial_dir, process.pid, process, self.timeout_s, started,
+                        on_end=lambda: self.pool.release(devices))
 
     def submit_many(self, trial_dirs: list[Path]) -> list[LocalJob]:
         return [self.submit(trial_dir) for trial_dir in trial_dirs]
@@ -82,7 +110,10 @@ class LocalLauncher:
         info = read_job_file(trial_dir)
         if info.get("launcher") != "local" or not _pid_runs_trial(info["pid"], trial_dir):
             return None
-        return LocalJob(trial_dir, info["pid"], None, self.timeout_s, info["started"])
+        devices = tuple(str(d) for d in info.get("devices") or ())
+        self.pool.reserve(devices)
+        return LocalJob(trial_dir, info["pid"], None, self.timeout_s, info["started"],
+                        on_end=lambda: self.pool.release(devices))
 
     def close(self) -> None:
         return None
