@@ -84,7 +84,8 @@ def _report(prepared: driver.Sweep) -> int:
     if not (prepared.dir / SWEEP_FILE).exists():
         raise ConfigError(f"sweep.name: no sweep at {prepared.dir} to report on")
     reports = Path(prepared.cfg.paths.reports)
-    path = write_report(prepared.dir, reports / f"{prepared.name}.html", _ci(prepared.cfg))
+    path = write_report(prepared.dir, reports / f"{prepared.name}.html", _ci(prepared.cfg),
+                        prepared.cfg.get("report"))
     exports = write_exports(prepared.dir, reports / prepared.name)
     print(f"report: {path}")
     print("exports: " + ", ".join(str(p) for p in exports.values()))

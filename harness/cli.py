@@ -8,7 +8,12 @@
                                                    rerun the top configurations with other seeds
     python -m harness action=compare compare.sweeps=[qlora_rank,lora_lr]
                                                    one report joining several sweeps
+    python -m harness action=human_eval sweep=default   blinded rating sheet (CSV + HTML form);
+                                                   human_eval.ratings=[filled.csv] imports it
+    python -m harness action=export sweep=default  the best trial for vLLM / Ollama + its YAML
     python -m harness action=merge sweep=default   merge the best adapter into its base model
+    python -m harness action=plan model=llama3_1_8b sweep=method_compare launcher.gpu_type=h100-80gb
+                                                   predicted memory by part, GPU, step time
     python -m harness --cfg [overrides...]         print the composed config and exit
 
 Bad input exits with status 2 and one line naming the field, file or line; nothing is
@@ -21,6 +26,8 @@ import logging
 import os
 import sys
 
+from omegaconf.errors import MissingMandatoryValue
+
 from harness.config.compose import compose_config, to_yaml
 from harness.errors import HarnessInputError
 from harness.registry import Registry
@@ -28,8 +35,18 @@ from harness.registry import Registry
 USAGE = __doc__
 # action=<name> -> its function in harness.actions, imported only when run (so --help and
 # --cfg start without importing torch, Optuna or plotly).
-ACTIONS = Registry("action", {name: f"harness.actions:{name}" for name in
-                              ("sweep", "report", "replicate", "compare", "merge")})
+# action=<name> -> the function that carries it out (overrides -> exit code). One row each.
+ACTIONS = Registry("action", {
+    "sweep": "harness.actions:sweep",
+    "report": "harness.actions:report",
+    "replicate": "harness.actions:replicate",
+    "compare": "harness.actions:compare",
+    "merge": "harness.actions:merge",
+    "plan": "harness.sweep.plan:plan",
+    "prepare": "harness.prepare_action:prepare",
+    "human_eval": "harness.report.human_eval:human_eval",
+    "export": "harness.deploy:export",
+})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,3 +69,14 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(exc).splitlines():   # collected validation: one line per problem
             print(f"harness: error: {line}", file=sys.stderr)
         return 2
+    except INPUT_OS_ERRORS as exc:   # a file the user cannot read, or that is not there
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"harness: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except MissingMandatoryValue as exc:   # a `???` no validation caught
+        print(f"harness: error: {exc.full_key}: mandatory value not set", file=sys.stderr)
+        return 2
+
+
+# Bad input the operating system reports (outside the harness's own error classes).
+INPUT_OS_ERRORS = (PermissionError, FileNotFoundError, IsADirectoryError, NotADirectoryError)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from harness.layout import CONFIG_FILE, RESULT_FILE
+from harness.layout import CONFIG_FILE, RESULT_FILE, rebase, rebase_config, recorded_sweep
 
 COMPLETE = "COMPLETE"
 FAILED = "FAILED"
@@ -47,7 +47,8 @@ class TrialSpec:
     baseline_dir: the sweep's base-model folder (lm-eval's "identical to base" guard);
     stages_dir: where chained methods cache their SFT / reward stages; judge_url / judge_model:
     a judge server the driver runs for every trial (None: the trial's own `eval.judge`);
-    threads: torch threads; git_commit: the harness checkout that ran the driver.
+    threads: torch threads; git_commit: the harness checkout that ran the driver; prediction:
+    the estimator's prediction for the trial (harness.estimate.predict), copied into the record.
     """
 
     number: int = 0
@@ -64,6 +65,7 @@ class TrialSpec:
     judge_model: str | None = None
     threads: int | None = None
     git_commit: str | None = None
+    prediction: dict | None = None   # harness.estimate's Prediction (peak_gb, parts_gb, ...)
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> TrialSpec:
@@ -101,7 +103,12 @@ def write_trial_config(trial_dir: Path, cfg: DictConfig, spec: TrialSpec) -> Pat
 def read_trial_config(trial_dir: Path) -> tuple[DictConfig, TrialSpec]:
     """(config, spec) of a trial folder (the one place a trial config is read)."""
     cfg = OmegaConf.load(Path(trial_dir) / CONFIG_FILE)
-    return cfg, TrialSpec.from_config(cfg)
+    spec = TrialSpec.from_config(cfg)
+    if moved(spec.dir, Path(trial_dir).resolve()):   # a moved sweep folder
+        cfg = rebase_config(cfg, recorded_sweep(spec.dir), recorded_sweep(
+            Path(trial_dir).resolve()))
+        spec = TrialSpec.from_config(cfg)
+    return cfg, spec
 
 
 @dataclass
@@ -145,9 +152,17 @@ class TrialRecord:
     device: dict = field(default_factory=dict)     # {"type": cuda|cpu, "name", "count"|"threads"}
     train_steps: int | None = None                 # optimizer steps of the trial's own training
     resumed_from_step: int = 0                     # checkpoint step a requeued trial resumed at
+    train_tokens: int | None = None                # non-padding tokens trained on (SFT stages)
     job_seconds: float | None = None               # submission to end, as the driver saw it
     cascade: dict | None = None                    # {"judged", "reason", "deferred"} (eval.cascade)
     note: str | None = None                        # why a folder has no readable record (report)
+    prediction: dict | None = None                 # predicted peak memory by part (estimate)
+    preflight: str | None = None                   # why the pre-flight did not launch it
+    # Whether the trained weights change the model (harness.trial.saved.adapter_effect):
+    # {"check", "max_logit_diff", "lora_layers", "nonzero_lora_layers", "dead"}; dead: FAILED.
+    adapter_effect: dict = field(default_factory=dict)
+    # What was evaluated: the saved model reloaded, its dtypes as trained / saved / evaluated.
+    artifact: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)      # stage-specific notes (files, warnings, ...)
 
     def to_json(self) -> str:
@@ -197,6 +212,13 @@ def deltas(metrics: Mapping, baseline: TrialRecord | Mapping | None) -> dict[str
     return out
 
 
+def moved(written_in: str | Path | None, here: Path) -> bool:
+    """Whether a sweep's trial (baseline, replicate) folder recorded as `written_in` is now read
+    at another place `here` (both two levels below their sweep folder)."""
+    return bool(written_in) and Path(written_in) != here and len(Path(written_in).parents) > 2 \
+        and len(here.parents) > 2
+
+
 def write_record(record: TrialRecord, trial_dir: Path) -> Path:
     """Write result.json atomically (a reader never sees half a record)."""
     path = Path(trial_dir) / RESULT_FILE
@@ -211,7 +233,12 @@ def read_record(trial_dir: Path) -> TrialRecord | None:
     path = Path(trial_dir) / RESULT_FILE
     if not path.exists():
         return None
-    return TrialRecord.from_dict(json.loads(path.read_text()))
+    data = json.loads(path.read_text())
+    written_in = Path(str(data.get("config_path") or "")).parent
+    here = Path(trial_dir).resolve()
+    if data.get("config_path") and moved(written_in, here):   # a moved sweep folder
+        data = rebase(data, recorded_sweep(written_in), recorded_sweep(here))
+    return TrialRecord.from_dict(data)
 
 
 def package_versions() -> dict[str, str]:

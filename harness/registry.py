@@ -84,10 +84,46 @@ METHOD_KINDS = Registry("method.kind", {
     "dpo": "harness.trial.pipelines:DpoPipeline",
     "ppo": "harness.trial.pipelines:PpoPipeline",
     "grpo": "harness.trial.pipelines:GrpoPipeline",
+    "kto": "harness.trial.pipelines:KtoPipeline",
+    "orpo": "harness.trial.pipelines:OrpoPipeline",
+    "rloo": "harness.trial.pipelines:RlooPipeline",
+})
+
+# method.peft -> the peft adapter config for a method (None: full weights), harness.train.adapters.
+PEFT_METHODS = Registry("method.peft", {
+    "none": "harness.train.adapters:no_adapter",
+    "lora": "harness.train.adapters:lora_adapter",
+    "ia3": "harness.train.adapters:ia3_adapter",
+    "prefix": "harness.train.adapters:prefix_adapter",
+    "prompt": "harness.train.adapters:prompt_adapter",
+})
+
+# method.kind -> its memory model in the estimator (harness.estimate.kinds): the models one
+# training step holds. A kind not listed gets a policy-only (SFT) estimate, flagged.
+ESTIMATE_KINDS = Registry("method.kind", {
+    "sft": "harness.estimate.kinds:sft",
+    "dpo": "harness.estimate.kinds:dpo",
+    "ppo": "harness.estimate.kinds:ppo",
+    "grpo": "harness.estimate.kinds:grpo",
+    "rloo": "harness.estimate.kinds:grpo",
+    "kto": "harness.estimate.kinds:kto",
+    "orpo": "harness.estimate.kinds:orpo",
 })
 
 # Expensive evaluation stages gated by the cost cascade (eval.<name>.enabled).
 EVAL_STAGES = Registry("eval stage", {
     "lm_eval": "harness.eval.lm_eval_runner:lm_eval_stage",
-    "mt_bench": "harness.eval.mt_bench:mt_bench_stage",
+    "mt_bench": "harness.eval.pairwise:mt_bench_stage",     # single or pairwise (mode)
+})
+
+# data.<set>.format -> the converter to training rows (harness.data.formats; SFT formats first,
+# then preference formats).
+DATA_FORMATS = Registry("data.<set>.format", {
+    "messages": "harness.data.formats:messages",
+    "prompt_completion": "harness.data.formats:prompt_completion",
+    "alpaca": "harness.data.formats:alpaca",
+    "sharegpt": "harness.data.formats:sharegpt",
+    "pairs": "harness.data.formats:pairs",
+    "hh_rlhf": "harness.data.formats:hh_rlhf",
+    "ultrafeedback": "harness.data.formats:ultrafeedback",
 })

@@ -92,8 +92,10 @@ def test_bad_kind_and_bad_sft_block_are_config_errors():
 
 def test_sweep_configs_cover_every_method():
     cfg = compose_config(["sweep=method_compare", "paths.cache=/tmp/none"])
-    assert list(cfg.sweep.params.method.choices) == ["full", "lora", "qlora", "dpo", "ppo"]
-    assert [e["method"] for e in cfg.sweep.enqueue] == ["full", "lora", "qlora", "dpo", "ppo"]
+    every = ["full", "lora", "qlora", "ia3", "prefix", "prompt", "dpo", "kto", "orpo", "ppo",
+             "grpo", "rloo"]
+    assert list(cfg.sweep.params.method.choices) == every
+    assert sorted(e["method"] for e in cfg.sweep.enqueue) == sorted(every)
     beta = compose_config(["sweep=dpo_beta", "paths.cache=/tmp/none"])
     assert beta.method.kind == "dpo" and beta.sweep.n_trials == 3
 

@@ -48,6 +48,7 @@ from harness.report.exports import write_exports
 from harness.report.html import static
 from harness.report.page import extract, write_report
 from harness.report.sections.cost import extract_cost
+from harness.report.sections.diagnostics import extract_diagnostics
 from harness.report.sections.environment import extract_environment
 from harness.report.sections.evals import extract_lm_eval, extract_mt_bench
 from harness.report.sections.failures import extract_config_diff, extract_failures
@@ -543,7 +544,8 @@ def test_lm_eval_per_task_and_mt_bench_per_category(eval_page: str) -> None:
     assert mt.count('class="plotly-graph-div"') == 1
     for category in (*MT_BENCH_CATEGORIES, "score", "turn1", "turn2"):
         assert category in mt
-    assert "judge_errors" in mt
+    assert "judge_errors" not in mt                       # counters: diagnostics (issue 16)
+    assert "judge_errors" in section(eval_page, "diagnostics")
 
 
 def test_lm_eval_and_mt_bench_absent_say_why(page: str) -> None:
@@ -552,10 +554,10 @@ def test_lm_eval_and_mt_bench_absent_say_why(page: str) -> None:
 
 
 def test_every_issue_section_is_on_the_page(eval_page: str) -> None:
-    expected = ["summary", "leaderboard", "trials", "best", "replicates", "cost", "history",
-                "parallel",
-                "importance", "metrics", "loss", "lm-eval", "mt-bench", "methods", "samples",
-                "failures", "config-diff", "environment"]
+    expected = ["summary", "decision", "warnings", "leaderboard", "trials", "best", "replicates",
+                "cost", "history", "parallel",
+                "importance", "metrics", "loss", "lm-eval", "mt-bench", "methods", "judge",
+                "diagnostics", "samples", "failures", "config-diff", "environment"]
     assert re.findall(r'<section id="([^"]+)"', eval_page)[:3] == expected[:3]
     for sid in expected:
         assert section(eval_page, sid)
@@ -852,9 +854,13 @@ def test_eval_info_runs_and_scores(eval_sweep: Path) -> None:
     mt = extract_mt_bench(data)
     assert mt.metrics[:3] == ("mt_bench/score", "mt_bench/turn1", "mt_bench/turn2")
     assert set(mt.labels[3:]) == set(MT_BENCH_CATEGORIES)
-    assert mt.count_names == tuple(sorted(mt.count_names)) and "mt_bench/judged" in mt.count_names
+    assert mt.count_names == ()                  # counters moved to diagnostics (issue 16)
     assert all(e is None for run in mt.runs for e in run.errors)
-    assert mt.runs[1].counts[mt.count_names.index("mt_bench/judged")] == 12.0
+    diag = extract_diagnostics(data)
+    assert "mt_bench/judged" in diag.names and "mt_bench/score" not in diag.names
+    label, values = diag.rows[1]
+    assert label.startswith(f"#{data.best.number} ") and values[diag.names.index(
+        "mt_bench/judged")] == 12.0
 
 
 def test_failures_loss_and_resources_info(sweep: Path) -> None:

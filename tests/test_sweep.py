@@ -73,6 +73,12 @@ def test_default_sweep_end_to_end(tmp_path):
     study = _study(tmp_path, "default")
     assert len([t for t in study.trials if t.state.name == "COMPLETE"]) == 3
     assert (tmp_path / "reports" / "default.html").exists()
+    # the data card (harness.data.prepare): in the sweep folder and on the report page
+    card = json.loads((tmp_path / "sweeps" / "default" / "data" / "card.json").read_text())
+    assert card["contamination"] and all(f["flagged"] == 0 for f in card["contamination"])
+    page = (tmp_path / "reports" / "default.html").read_text()
+    assert '<section id="data-card">' in page and "length per row (tokens)" in page
+    assert "data preparation: " in result.stdout
 
     # re-scoring the finished sweep sends no judge request twice: every judgment is cached
     again = subprocess.run([sys.executable, "-m", "harness.cascade", "reeval",

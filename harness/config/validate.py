@@ -14,10 +14,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.config.methods import NO_SFT_STAGE, check_method_kind
 from harness.errors import ConfigError
-from harness.registry import LAUNCHERS, METHOD_KINDS, PRUNERS, SAMPLERS, STORAGES
+from harness.registry import LAUNCHERS, METHOD_KINDS, PEFT_METHODS, PRUNERS, SAMPLERS, STORAGES
 
-METHODS_WITH_PEFT = {"lora", "none"}
+METHODS_WITH_PEFT = set(PEFT_METHODS.names())
 QUANT_BITS = {None, 4, 8}
 DTYPES = {"float32", "bfloat16", "float16"}
 SOURCES = {"embedded", "hub", "local"}
@@ -67,6 +68,8 @@ def validate_sweep(cfg: DictConfig, n_objectives: int, problems: Problems) -> No
     """The driver-level fields: sweep counts and objectives, sampler, pruner, launcher,
     storage (names from harness.registry; `launcher=slurm` settings)."""
     problems.check(_check_sweep_fields, cfg)
+    for key in OmegaConf.missing_keys(cfg):   # `???` left in a config group (storage=rdb: url)
+        problems.add(f"{key}: mandatory value not set (give {key}=...)")
     sampler, pruner = cfg.sweep.sampler, cfg.sweep.pruner
     for registry, name in ((SAMPLERS, sampler.get("name", "tpe")),
                            (PRUNERS, pruner.get("name", "none")),
@@ -76,7 +79,8 @@ def validate_sweep(cfg: DictConfig, n_objectives: int, problems: Problems) -> No
             problems.add(registry.check(name))
     if n_objectives > 1 and sampler.get("name") == "cmaes":
         problems.add("sweep.sampler.name=cmaes cannot optimize several objectives")
-    problems.check(_check_positive, cfg, ["launcher.parallel"])
+    if cfg.launcher.get("parallel") is not None:   # null (local): GPUs // gpus_per_trial
+        problems.check(_check_positive, cfg, ["launcher.parallel"])
     if cfg.launcher.get("name") == "slurm":
         problems.check(check_slurm_config, cfg)
 
@@ -91,7 +95,7 @@ def _method_checks(method: DictConfig, where: str, problems: Problems) -> None:
     kind = method.get("kind", "sft")
     if METHOD_KINDS.check(kind):
         problems.add(METHOD_KINDS.check(kind).replace("method.", f"{where}.", 1))
-    if kind != "sft":
+    if kind != "sft" and kind not in NO_SFT_STAGE:
         sft = method.get("sft")
         if sft is None or sft.get("kind", "sft") != "sft":
             problems.add(f"{where}.sft must be an SFT method config (kind: sft)")
@@ -103,11 +107,13 @@ def _method_checks(method: DictConfig, where: str, problems: Problems) -> None:
     bits = method.quantization.get("bits")
     if bits not in QUANT_BITS:
         problems.add(f"{where}.quantization.bits must be null, 4 or 8, got {bits!r}")
-    elif bits is not None and peft != "lora":
+    elif bits is not None and peft != "lora" and kind != "ppo":   # ppo: config/methods.py
         problems.add(f"{where}.quantization.bits needs {where}.peft=lora "
                      "(a quantized base cannot be fully fine-tuned)")
     if peft == "lora":
         problems.check(_check_lora, method.lora, where)
+    if peft in METHODS_WITH_PEFT:
+        check_method_kind(method, where, problems.add)
     problems.check(_check_positive, method, ["train.learning_rate",
                                              "train.per_device_train_batch_size",
                                              "train.gradient_accumulation_steps"], f"{where}.")
@@ -168,6 +174,8 @@ def _check_mt_bench(ev: DictConfig) -> None:
         if not mt.get(key):
             raise ConfigError(f"eval.mt_bench.{key} is not set")
     _positive(mt.get("max_new_tokens"), "eval.mt_bench.max_new_tokens")
+    if str(mt.get("mode", "single")) not in ("single", "pairwise"):
+        raise ConfigError(f"eval.mt_bench.mode must be single or pairwise, got {mt.get('mode')}")
     if judge.get("base_url") and not judge.get("model"):
         raise ConfigError("eval.judge.model must name the judge when eval.judge.base_url is set")
 

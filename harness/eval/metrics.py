@@ -135,7 +135,9 @@ def _batch_nll(model, batch: Sequence[Window], pad_id: int) -> tuple[torch.Tenso
     """One forward over a padded batch of windows -> (summed NLL, scored token count)."""
     input_ids, attention_mask, labels = _collate(batch, pad_id, _input_device(model))
     out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-    return _nll_sum(out.logits, labels.to(out.logits.device))
+    # prompt tuning (peft) prepends virtual-token positions to the logits: keep the inputs' own
+    logits = out.logits[:, -labels.shape[1]:]
+    return _nll_sum(logits, labels.to(logits.device))
 
 
 @torch.inference_mode()

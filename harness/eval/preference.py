@@ -20,7 +20,8 @@ def completion_logprob(model, tokenizer, prompt: str, answers: list[str]) -> lis
     for answer in answers:
         ids = tokenizer(chat_text(tokenizer, prompt, answer), add_special_tokens=False,
                         return_tensors="pt").input_ids.to(device)
-        logits = model(input_ids=ids).logits[0, :-1].float()
+        # prompt tuning (peft) prepends virtual-token positions: keep the inputs' own
+        logits = model(input_ids=ids).logits[0, -ids.shape[1]:-1].float()
         logp = torch.log_softmax(logits, -1).gather(1, ids[0, 1:, None])[:, 0]
         out.append(float(logp[n_prompt - 1:].sum()))
     return out

@@ -18,13 +18,14 @@ import logging
 from dataclasses import asdict
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from harness import layout
 from harness.eval.cascade import EXPENSIVE_PREFIXES, STAGES, Decision, enabled_stages
 from harness.eval.judge_server import ServedModel, sweep_judge
 from harness.records import COMPLETE, TrialRecord, read_record, write_record
 from harness.trial.rescore import evaluate_saved
+from harness.trial.saved import SavedModelError
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def reevaluate(sweep_dir: str | Path, stages: list[str] | None = None) -> list[s
     """Re-run the expensive stages for the base record(s) and every scored complete trial of a
     finished sweep (one judge server for all). Returns the folders re-evaluated."""
     sweep_dir = Path(sweep_dir)
-    cfg = OmegaConf.load(sweep_dir / layout.SWEEP_FILE)
+    cfg = layout.read_sweep_config(sweep_dir)
     base_root = sweep_dir / layout.BASELINE_DIR
     folders = sorted(p for p in base_root.glob("*") if p.is_dir()) + layout.trial_dirs(sweep_dir)
     done = []
@@ -99,7 +100,11 @@ def reevaluate(sweep_dir: str | Path, stages: list[str] | None = None) -> list[s
             record = read_record(folder)
             if record is None or record.status != COMPLETE or not is_judged(record):
                 continue
-            evaluate_saved(folder, stages, judge=judge)
+            try:
+                evaluate_saved(folder, stages, judge=judge)
+            except SavedModelError as exc:   # recorded in that trial; go on with the others
+                print(exc, flush=True)
+                continue
             done.append(str(folder))
     return done
 
@@ -121,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     sweep_dir = Path(args.sweep_dir)
     if args.action == "top-k":
-        cfg = OmegaConf.load(sweep_dir / layout.SWEEP_FILE)
+        cfg = layout.read_sweep_config(sweep_dir)
         with sweep_judge(cfg, sweep_dir) as judge:
             print("scored:", top_k_pass(sweep_dir, cfg, judge))
         return 0

@@ -11,6 +11,7 @@ trials/<number>/ (config.yaml, trial.log, result.json, model/).
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,7 +24,9 @@ from tqdm import tqdm
 from harness import layout
 from harness.config.compose import compose_config, resolve_paths, to_yaml
 from harness.config.validate import Problems, validate_sweep, validate_trial_config
-from harness.data.check import check_data
+from harness.data.check import check_data, check_model_files
+from harness.data.early import check_user_data
+from harness.data.prepare import prepare_data
 from harness.embedded.build import build_embedded
 from harness.embedded.evals import ensure_for_config
 from harness.errors import ConfigError
@@ -46,6 +49,8 @@ from harness.records import (
 )
 from harness.study import make_pruner, make_storage
 from harness.sweep.cascade import top_k_pass
+from harness.sweep.preflight import ATTR as PREFLIGHT_ATTR
+from harness.sweep.preflight import Preflight, check_trial, refused_record
 from harness.sweep.results_records import STALE_ATTR
 from harness.sweep.samplers import make_sampler
 from harness.sweep.space import (
@@ -102,7 +107,9 @@ def prepare(cli_overrides: list[str]) -> Sweep:
         problems.check(grid, space)   # a grid needs finite, unconditional parameters
     for values in probe_points(space):
         try:
-            validate_trial_config(trial_config(sweep, values), problems)
+            probe = trial_config(sweep, values)
+            validate_trial_config(probe, problems)
+            check_trial(probe, problems.add)   # estimator settings; a limit needs an estimate
         except ConfigError as exc:   # a suggested value Hydra cannot even compose
             for line in exc.problems:
                 problems.add(line)
@@ -135,8 +142,10 @@ def trial_config(sweep: Sweep, values: dict) -> DictConfig:
 
 
 def check_inputs(sweep: Sweep) -> None:
-    """Open every local data file (fails fast), building the embedded model/data if used."""
+    """Open every local data file (fails fast), building the embedded model/data if used,
+    then prepare the training data (harness.data.prepare) that the trials will read."""
     cfg = sweep.cfg
+    check_user_data(cfg)    # the user's own files first: before the embedded build
     embedded = "embedded" in (cfg.model.source, cfg.data.source)
     if cfg.data.source != "embedded":
         check_data(cfg.data)
@@ -147,6 +156,23 @@ def check_inputs(sweep: Sweep) -> None:
     ensure_for_config(cfg)  # the embedded lm-eval tasks, MT-Bench questions and judge
     if cfg.model.source in ("embedded", "local") and not Path(str(cfg.model.path)).is_dir():
         raise ConfigError(f"model.path: no model directory at {cfg.model.path}")
+    check_model_files(cfg.model)   # config.json present, tokenizer loads
+    prepare_sweep_data(sweep)
+
+
+PREFERENCE_KINDS = ("dpo", "ppo", "grpo")
+
+
+def prepare_sweep_data(sweep: Sweep) -> None:
+    """Prepare the training sets once per content hash; the trials read the prepared rows
+    (the sweep's overrides point data.train / data.preference at them)."""
+    methods = {str(c) for p in sweep.space if p.key == "method" for c in p.choices}
+    kinds = {str(sweep.cfg.method.kind)} | {str(compose_config(
+        [*sweep.cli_overrides, f"method={m}"]).method.kind) for m in methods}
+    prepared = prepare_data(sweep.cfg, layout.data_dir(sweep.dir),
+                            preference=bool(kinds & set(PREFERENCE_KINDS)))
+    sweep.cli_overrides = [*sweep.cli_overrides, *prepared.overrides]
+    sweep.cfg = resolve_paths(compose_config(sweep.cli_overrides))
 
 
 def open_study(sweep: Sweep) -> optuna.Study:
@@ -183,6 +209,7 @@ class Driver:
         self.baseline: TrialRecord | None = None
         self.base_dir = baseline_dir(sweep.dir, baseline_digest(sweep.cfg))
         self.shared = shared_spec(sweep, judge)
+        self.preflight = Preflight(sweep.cfg)   # refuses trials predicted not to fit the GPU
 
     def spec(self, **fields) -> TrialSpec:
         """A trial's spec: what every trial of this sweep shares, plus `fields`."""
@@ -197,8 +224,10 @@ class Driver:
         with tqdm(total=target, initial=self.finished_count(), desc=f"sweep {self.sweep.name}",
                   unit="trial") as bar:
             while True:
-                self.start_trials(self._slots(target, deadline))
+                bar.update(self.start_trials(self._slots(target, deadline)))
                 if not self.running:
+                    if self._slots(target, deadline):   # the pre-flight refused every ask
+                        continue
                     break
                 for number in self.wait_any():
                     self.finish(number)
@@ -231,18 +260,21 @@ class Driver:
         return count
 
     # -- one trial --------------------------------------------------------------------------
-    def start_trials(self, count: int) -> None:
+    def start_trials(self, count: int) -> int:
         """Ask Optuna for `count` trials, write their folders, submit them together (a SLURM
-        launcher sends them as one job array)."""
+        launcher sends them as one job array); returns how many the pre-flight refused."""
         if count <= 0:
-            return
+            return 0
         asked = [self.prepare_trial() for _ in range(count)]
-        jobs = self.launcher.submit_many([trial_dir for _, trial_dir in asked])
-        for (number, _), job in zip(asked, jobs, strict=True):
+        launched = [item for item in asked if item is not None]
+        jobs = self.launcher.submit_many([trial_dir for _, trial_dir in launched])
+        for (number, _), job in zip(launched, jobs, strict=True):
             self.running[number] = job
+        return len(asked) - len(launched)
 
-    def prepare_trial(self) -> tuple[int, Path]:
-        """Ask one trial and write its folder and fully resolved config."""
+    def prepare_trial(self) -> tuple[int, Path] | None:
+        """Ask one trial and write its folder and fully resolved config (None: the pre-flight
+        refused it, PRUNED with the predicted figure)."""
         trial = self.study.ask()
         values = suggest(trial, self.sweep.space)
         trial_dir = layout.trial_dir(self.sweep.dir, trial.number)
@@ -251,9 +283,14 @@ class Driver:
         cfg = trial_config(self.sweep, values)
         spec = self.spec(number=trial.number, trial_id=trial._trial_id,
                          study_name=self.sweep.name, params=values, seed=int(cfg.seed),
-                         dir=str(trial_dir))
+                         dir=str(trial_dir), prediction=self.preflight.predict(cfg))
         write_trial_config(trial_dir, cfg, spec)
         log.info("trial %d: %s", trial.number, values)
+        reason = self.preflight.refusal(spec.prediction)
+        if reason:
+            trial.set_user_attr(PREFLIGHT_ATTR, reason)
+            self.tell(trial.number, refused_record(cfg, spec, reason), trial_dir)
+            return None
         return trial.number, trial_dir
 
     def wait_any(self) -> list[int]:
@@ -323,6 +360,9 @@ class Driver:
                 continue
             log.warning("trial %d was left running by a dead driver: retrying its parameters",
                         trial.number)
+            unstarted = layout.trial_dir(self.sweep.dir, trial.number)
+            if layout.never_started(unstarted):   # no job ran in it: nothing to keep
+                shutil.rmtree(unstarted)
             self.set_trial_attr(trial.number, STALE_ATTR, True)
             self.study.tell(trial.number, state=TrialState.FAIL)
             self.study.enqueue_trial(trial.params)

@@ -20,8 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.errors import ConfigError
 from harness.layout import CONFIG_FILE, merged_dir
-from harness.records import COMPLETE
+from harness.records import COMPLETE, read_trial_config
 from harness.sweep.results import load_sweep
+from harness.train.adapters import NOT_MERGEABLE
 from harness.train.modeling import DTYPES, load_base_model, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,12 @@ def merge_trial(trial_dir: Path, out_dir: Path, dtype: str | None = None) -> Pat
     if not (adapter / ADAPTER_FILE).is_file():
         raise ConfigError(f"merge: {adapter} holds no LoRA adapter ({ADAPTER_FILE}); a full "
                           "fine-tune's model/ is already a standalone model")
-    cfg = OmegaConf.load(trial_dir / CONFIG_FILE)
+    peft_type = json.loads((adapter / ADAPTER_FILE).read_text()).get("peft_type")
+    if peft_type in NOT_MERGEABLE:   # prefix / prompt tuning (harness.train.adapters)
+        raise ConfigError(f"merge: {adapter} is a {peft_type.lower().replace('_', ' ')} "
+                          "adapter (virtual tokens, no weight deltas): it cannot be merged; "
+                          "load it with peft.PeftModel.from_pretrained on the base")
+    cfg, _ = read_trial_config(trial_dir)   # paths resolved against a moved sweep folder
     dtype = merge_dtype(cfg, dtype)
     if dtype not in DTYPES:
         raise ConfigError(f"merge.dtype must be one of {sorted(DTYPES)}, got {dtype!r}")

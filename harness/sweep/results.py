@@ -12,6 +12,8 @@ harness.sweep.results_records and are re-exported.
 
 from __future__ import annotations
 
+import csv
+import json
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -29,7 +31,17 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from harness.layout import CONFIG_FILE, SWEEP_FILE, trial_dir
+from harness.data.card import DataCard, read_card
+from harness.layout import (
+    CONFIG_FILE,
+    HUMAN_KEY_FILE,
+    HUMAN_RATINGS_DIR,
+    SWEEP_FILE,
+    data_dir,
+    human_eval_dir,
+    read_sweep_config,
+    trial_dir,
+)
 from harness.records import COMPLETE, PRUNED, TrialRecord, deltas, metric_delta, num
 from harness.stats import CISettings
 from harness.sweep.results_records import (
@@ -61,10 +73,12 @@ from harness.sweep.space import parse_space, to_overrides
 __all__ = [
     "BAD_RECORD", "NO_RESULT", "STALE_ATTR", "SWEEP_FILE", "Group", "SweepData",
     "best_config_yaml", "compute_hours", "delta", "deltas", "device_text", "existing_storage",
-    "front_2d", "load_baseline", "load_replicates", "load_study", "load_sweep", "metric_delta",
+    "front_2d", "is_dead", "load_baseline", "load_replicates", "load_study", "load_sweep",
+    "metric_delta",
     "missing", "missing_reason", "num", "objective_text", "overrides", "pareto_front",
     "peak_memory_mb", "placeholder", "plain", "quiet", "rank_records", "read_or_none",
-    "read_trial", "read_trials", "records_study", "sweep_digest", "trainable_pct", "trial_folders",
+    "read_human_eval", "read_trial", "read_trials", "records_study", "sweep_digest",
+    "trainable_pct", "trial_folders",
     "trials_frame",
 ]
 
@@ -138,6 +152,11 @@ class SweepData:
     @cached_property
     def front_numbers(self) -> set[int]:
         return {r.number for r in self.pareto}
+
+    @cached_property
+    def data_card(self) -> DataCard | None:
+        """The sweep's data card (sweeps/<sweep>/data/card.json), None when there is none."""
+        return read_card(data_dir(self.sweep_dir))
 
     @cached_property
     def plot_study(self) -> optuna.Study:
@@ -218,7 +237,7 @@ def load_sweep(sweep_dir: Path, ci: CISettings | None = None) -> SweepData:
     cfg_path = sweep_dir / SWEEP_FILE
     if not cfg_path.exists():
         raise FileNotFoundError(f"no {SWEEP_FILE} in {sweep_dir}: not a sweep folder")
-    cfg = OmegaConf.load(cfg_path)
+    cfg = read_sweep_config(sweep_dir)   # paths resolved against where the folder is now
     notes: list[str] = []
     study = load_study(cfg, sweep_dir, notes)
     dirs, records = read_trials(sweep_dir, study)
@@ -229,15 +248,25 @@ def load_sweep(sweep_dir: Path, ci: CISettings | None = None) -> SweepData:
         notes.append("sweep.objectives is empty: no best trial can be chosen")
     if data.baseline is None:
         notes.append("no COMPLETE base-model record under baseline/: no deltas vs base")
+    if dead := [r.number for r in records if is_dead(r)]:
+        notes.append(f"{len(dead)} trial(s) with a dead adapter (no effect on the model they "
+                     f"started from: {', '.join(f'#{n}' for n in dead)}): marked FAILED, "
+                     "kept out of the leaderboard and the best trial")
     data.trials = trials_frame(data)
     return data
 
 
 # -- ranking and fronts ------------------------------------------------------------------------
+def is_dead(record: TrialRecord) -> bool:
+    """A trial whose trained weights do not change its model (record.adapter_effect)."""
+    return bool((record.adapter_effect or {}).get("dead"))
+
+
 def rank_records(records: list[TrialRecord], metric: str, direction: str) -> list[TrialRecord]:
     """COMPLETE records with a finite `metric`, best first (ties: lower trial number)."""
     sign = -1.0 if direction == "maximize" else 1.0
-    done = [r for r in records if r.status == COMPLETE and num(r.metrics.get(metric)) is not None]
+    done = [r for r in records if r.status == COMPLETE and num(r.metrics.get(metric)) is not None
+            and not is_dead(r)]
     return sorted(done, key=lambda r: (sign * num(r.metrics[metric]), r.number))
 
 
@@ -247,7 +276,7 @@ def pareto_front(data: SweepData) -> list[TrialRecord]:
     points = []
     for record in data.records:
         values = [num(record.metrics.get(m)) for m, _ in data.objectives]
-        if record.status == COMPLETE and values and None not in values:
+        if record.status == COMPLETE and values and None not in values and not is_dead(record):
             points.append((record, [s * v for s, v in zip(signs, values, strict=True)]))
 
     def dominated(p: list[float]) -> bool:
@@ -413,3 +442,38 @@ def overrides(data: SweepData, params: dict) -> list[str]:
         return to_overrides(parse_space(data.cfg.sweep.get("params")), params)
     except Exception:  # noqa: BLE001 - a changed space still gets plain overrides
         return [f"{k}={v}" for k, v in params.items()]
+
+
+# -- human ratings (action=human_eval) ---------------------------------------------------------
+def read_human_eval(sweep_dir: Path) -> tuple[dict, list[dict]]:
+    """The blinding key ({"items": {item: {label: system}}, ...}) and every imported rating row
+    (CSV dicts, with the file name as `sheet`); ({}, []) when no sheet was written."""
+    folder = human_eval_dir(Path(sweep_dir))
+    try:
+        key = json.loads((folder / HUMAN_KEY_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}, []
+    rows = []
+    for path in sorted((folder / HUMAN_RATINGS_DIR).glob("*.csv")):
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows += [{**row, "sheet": path.name} for row in csv.DictReader(handle)]
+    return key, rows
+
+
+# -- memory estimate against the measured peak (harness.estimate; the report's memory section) ---
+def memory_points(data: SweepData) -> list[tuple[TrialRecord, float, float, str]]:
+    """(record, predicted GiB allocated, measured GiB, what was measured) of every trial that
+    ran with a prediction: GPU max allocated on a GPU, else the process's peak RSS."""
+    points = []
+    for record in data.records:
+        predicted = num((record.prediction or {}).get("allocated_gb"))
+        gpu, rss = num(record.gpu_max_allocated_mb), num(record.peak_rss_mb)
+        if predicted is not None and (gpu or rss) and not record.preflight:
+            points.append((record, predicted, (gpu or rss) / 1024,
+                           "GPU max allocated" if gpu else "peak RSS (includes the process)"))
+    return points
+
+
+def preflight_refused(data: SweepData) -> list[TrialRecord]:
+    """Trials the driver's pre-flight did not launch (predicted not to fit the GPU)."""
+    return [r for r in data.records if r.preflight]

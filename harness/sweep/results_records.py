@@ -31,6 +31,7 @@ from harness.layout import (
     TRIALS_DIR,
     baseline_digest,
     find_baseline,
+    never_started,
 )
 from harness.records import (
     COMPLETE,
@@ -59,8 +60,9 @@ def trial_folders(sweep_dir: Path) -> dict[int, Path]:
 
 def read_trials(sweep_dir: Path, study: optuna.Study | None
                 ) -> tuple[dict[int, Path], list[TrialRecord]]:
-    """The trial folders and one record per folder (the study says why one has none)."""
-    dirs = trial_folders(sweep_dir)
+    """The trial folders and one record per folder (the study says why one has none); a
+    folder no job ever ran in (a driver killed while making it) is not a trial."""
+    dirs = {n: p for n, p in trial_folders(sweep_dir).items() if not never_started(p)}
     known = {t.number: t for t in study.get_trials(deepcopy=False)} if study else {}
     return dirs, [read_trial(number, path, known.get(number)) for number, path in dirs.items()]
 
