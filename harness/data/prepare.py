@@ -100,8 +100,9 @@ def _folder_digest(path, names: tuple[str, ...] | None = None) -> str:
     return h.hexdigest()
 
 
-def prepare_data(cfg: DictConfig, card_dir: Path, preference: bool) -> Prepared:
-    """Prepare (or reuse) the sweep's training sets; copy the card into `card_dir`."""
+def prepare_data(cfg: DictConfig, card_dir: Path | None, preference: bool) -> Prepared:
+    """Prepare (or reuse) the sweep's training sets; copy the card into `card_dir` (None: the
+    caller writes `Prepared.card` itself, e.g. the driver once the sweep folder may exist)."""
     key = digest(cfg, preference)
     folder = Path(str(cfg.data.prepare.cache_dir)) / key
     card = read_card(folder)
@@ -111,7 +112,8 @@ def prepare_data(cfg: DictConfig, card_dir: Path, preference: bool) -> Prepared:
     else:
         print(f"data preparation: preparing (content hash {key}) -> {folder}", flush=True)
         card = _build(cfg, folder, key, preference)
-    write_card(card, Path(card_dir))
+    if card_dir is not None:
+        write_card(card, Path(card_dir))
     return Prepared(key, folder, card, overrides(card, cfg.data), reused)
 
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from harness import layout
 from harness.config.compose import compose_config, resolve_paths, to_yaml
 from harness.config.validate import Problems, validate_sweep, validate_trial_config
+from harness.data.card import DataCard, write_card
 from harness.data.check import check_data, check_model_files
 from harness.data.early import check_user_data
 from harness.data.prepare import prepare_data
@@ -76,6 +77,7 @@ class Sweep:
     cli_overrides: list[str]
     space: list[Param]
     fixed: list[str] = field(default_factory=list)
+    data_card: DataCard | None = None   # written into the sweep folder by run(), not before
 
     @property
     def name(self) -> str:
@@ -169,8 +171,9 @@ def prepare_sweep_data(sweep: Sweep) -> None:
     methods = {str(c) for p in sweep.space if p.key == "method" for c in p.choices}
     kinds = {str(sweep.cfg.method.kind)} | {str(compose_config(
         [*sweep.cli_overrides, f"method={m}"]).method.kind) for m in methods}
-    prepared = prepare_data(sweep.cfg, layout.data_dir(sweep.dir),
+    prepared = prepare_data(sweep.cfg, None,
                             preference=bool(kinds & set(PREFERENCE_KINDS)))
+    sweep.data_card = prepared.card
     sweep.cli_overrides = [*sweep.cli_overrides, *prepared.overrides]
     sweep.cfg = resolve_paths(compose_config(sweep.cli_overrides))
 
@@ -413,6 +416,8 @@ def run(sweep: Sweep) -> optuna.Study:
     launcher = make_launcher(sweep.cfg)   # refuses an impossible request before any write
     sweep.dir.mkdir(parents=True, exist_ok=True)
     (sweep.dir / SWEEP_FILE).write_text(to_yaml(sweep.cfg))
+    if sweep.data_card is not None:
+        write_card(sweep.data_card, layout.data_dir(sweep.dir))
     study = open_study(sweep)
     try:
         with sweep_judge(sweep.cfg, sweep.dir) as judge:  # one judge server for all trials

@@ -180,9 +180,9 @@ class SlurmLauncher:
     def _sbatch(self, trial_dirs: list[Path]) -> list[SlurmTrialJob]:
         if not trial_dirs:
             return []
-        sized = sized_parameters(self.cfg, [read_trial_config(d)[1].prediction
-                                            for d in trial_dirs])
-        if sized:   # launcher.size_from_estimate: --gpus-per-node, --mem, --time
+        if self.cfg.get("size_from_estimate"):   # --gpus-per-node, --mem, --time
+            sized = sized_parameters(self.cfg, [read_trial_config(d)[1].prediction
+                                                for d in trial_dirs])
             self.executor.update_parameters(**{**self.params, **sized})
         try:   # clean_env: a driver running as a job must not pass its SLURM_* on
             with submitit.helpers.clean_env(), self.executor.batch():
