@@ -269,15 +269,18 @@ def make_matches(questions: list[dict], answers: dict, references: dict, prompts
     return matches, missing
 
 
+def reference_kwargs(reference: dict | None, turn: int) -> dict[str, str]:
+    """The reference answers a judge prompt is formatted with (FastChat's ref_answer_1/2)."""
+    if reference is None:
+        return {}
+    ref = reference["choices"][0]["turns"]
+    return {"ref_answer_1": ref[0], **({"ref_answer_2": ref[1]} if turn == 2 else {})}
+
+
 def render(match: Match) -> tuple[str, str]:
     """(system prompt, user prompt) exactly as FastChat's run_judge_single builds them."""
-    kwargs = {}
+    kwargs = reference_kwargs(match.reference, match.turn)
     q, a = match.question["turns"], match.answer["choices"][0]["turns"]
-    if match.reference is not None:
-        ref = match.reference["choices"][0]["turns"]
-        kwargs["ref_answer_1"] = ref[0]
-        if match.turn == 2:
-            kwargs["ref_answer_2"] = ref[1]
     template = match.prompt["prompt_template"]
     if match.turn == 2:
         user = template.format(question_1=q[0], question_2=q[1], answer_1=a[0], answer_2=a[1],

@@ -40,6 +40,7 @@ from harness.eval.mt_bench import (
     load_questions,
     load_references,
     read_jsonl,
+    reference_kwargs,
     write_jsonl,
 )
 from harness.eval.mt_bench import (
@@ -134,12 +135,7 @@ def render_pair(match: PairMatch, trial_first: bool) -> tuple[str, str]:
     a, b = (match.ours, match.theirs) if trial_first else (match.theirs, match.ours)
     qa, qb = a["choices"][0]["turns"], b["choices"][0]["turns"]
     q = match.question["turns"]
-    kwargs = {}
-    if match.reference is not None:
-        ref = match.reference["choices"][0]["turns"]
-        kwargs["ref_answer_1"] = ref[0]
-        if match.turn == 2:
-            kwargs["ref_answer_2"] = ref[1]
+    kwargs = reference_kwargs(match.reference, match.turn)
     template = match.prompt["prompt_template"]
     if match.turn == 2:
         user = template.format(question_1=q[0], question_2=q[1], answer_a_1=qa[0],
