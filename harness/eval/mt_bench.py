@@ -269,6 +269,22 @@ def make_matches(questions: list[dict], answers: dict, references: dict, prompts
     return matches, missing
 
 
+def answer_questions(model, tokenizer, mt, model_id: str,
+                     out_dir: Path) -> tuple[list[dict], MTBenchResult]:
+    """The configured questions (`eval.mt_bench`: limit, categories) and the model's answers
+    to them, written as FastChat's answer file; shared by single and pairwise grading."""
+    questions = load_questions(mt.question_path, mt.get("limit"), mt.get("categories"))
+    if not questions:
+        raise MTBenchError(f"{mt.question_path}: no questions left after limit/categories")
+    answers = generate_answers(model, tokenizer, questions, model_id=model_id,
+                               max_new_tokens=int(mt.max_new_tokens), seed=int(mt.get("seed", 0)),
+                               conv_template=str(mt.get("conv_template", "vicuna_v1.1")),
+                               temperature=mt.get("temperature"))
+    result = MTBenchResult(answers=answers)
+    result.extra["answer_file"] = str(write_jsonl(answer_path(out_dir, model_id), answers))
+    return questions, result
+
+
 def reference_kwargs(reference: dict | None, turn: int) -> dict[str, str]:
     """The reference answers a judge prompt is formatted with (FastChat's ref_answer_1/2)."""
     if reference is None:
@@ -397,17 +413,10 @@ def run_mt_bench(model, tokenizer, cfg, out_dir: str | Path, model_id: str,
     """
     mt = cfg.eval.mt_bench
     out_dir = Path(out_dir)
-    questions = load_questions(mt.question_path, mt.get("limit"), mt.get("categories"))
-    if not questions:
-        raise MTBenchError(f"{mt.question_path}: no questions left after limit/categories")
+    questions, result = answer_questions(model, tokenizer, mt, model_id, out_dir)
+    answers = result.answers
     prompts = load_judge_prompts(mt.judge_prompts_path)
     references = load_references(mt.get("reference_path"))
-    answers = generate_answers(model, tokenizer, questions, model_id=model_id,
-                               max_new_tokens=int(mt.max_new_tokens), seed=int(mt.get("seed", 0)),
-                               conv_template=str(mt.get("conv_template", "vicuna_v1.1")),
-                               temperature=mt.get("temperature"))
-    result = MTBenchResult(answers=answers)
-    result.extra["answer_file"] = str(write_jsonl(answer_path(out_dir, model_id), answers))
     names = dict(mt.get("prompts") or {})
     ref_cats = list(mt.get("ref_categories") or NEED_REF_CATS)
     matches, missing = make_matches(questions, {a["question_id"]: a for a in answers},

@@ -35,9 +35,8 @@ from harness.eval.mt_bench import (
     MTBenchError,
     MTBenchResult,
     answer_path,
-    generate_answers,
+    answer_questions,
     load_judge_prompts,
-    load_questions,
     load_references,
     read_jsonl,
     reference_kwargs,
@@ -224,15 +223,8 @@ def run_pairwise(model, tokenizer, cfg, out_dir: str | Path, model_id: str,
     mt = cfg.eval.mt_bench
     pair_cfg = mt.get("pairwise") or {}
     out_dir = Path(out_dir)
-    questions = load_questions(mt.question_path, mt.get("limit"), mt.get("categories"))
-    if not questions:
-        raise MTBenchError(f"{mt.question_path}: no questions left after limit/categories")
-    answers = generate_answers(model, tokenizer, questions, model_id=model_id,
-                               max_new_tokens=int(mt.max_new_tokens), seed=int(mt.get("seed", 0)),
-                               conv_template=str(mt.get("conv_template", "vicuna_v1.1")),
-                               temperature=mt.get("temperature"))
-    result = MTBenchResult(answers=answers)
-    result.extra["answer_file"] = str(write_jsonl(answer_path(out_dir, model_id), answers))
+    questions, result = answer_questions(model, tokenizer, mt, model_id, out_dir)
+    answers = result.answers
     result.extra["mode"] = "pairwise"
     if is_reference(cfg, spec):
         result.extra["pairwise"] = "this run is the pairwise reference: answers only"

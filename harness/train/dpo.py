@@ -45,14 +45,24 @@ def train_dpo(model, tokenizer, method: DictConfig, model_cfg: DictConfig, rows:
               minimize: bool = False) -> TrainResult:
     """DPO on a (PEFT or full) policy; full runs pass a frozen `ref_model` copy. `reporter`:
     the reward margin goes to the study for pruning (negated when it minimizes)."""
-    from datasets import Dataset
     from trl import DPOTrainer
 
-    args = dpo_args(method, model_cfg, output_dir, seed)
+    return offline_train(DPOTrainer, dpo_args(method, model_cfg, output_dir, seed), model,
+                         tokenizer, method, rows, output_dir, reporter, minimize,
+                         ref_model=ref_model)
+
+
+def offline_train(trainer_cls, args, model, tokenizer, method: DictConfig, rows: list[dict],
+                  output_dir: Path, reporter: Reporter | None, minimize: bool,
+                  **trainer_kwargs) -> TrainResult:
+    """One offline preference stage (DPO, KTO, ORPO): the trl trainer on `rows` with the loss
+    log, the pruning reporter (reward margin) and LoRA+ when configured; timed."""
+    from datasets import Dataset
+
     history = LossHistory(Path(output_dir) / "loss.jsonl")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    trainer = DPOTrainer(model=model, ref_model=ref_model, args=args,
-                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         callbacks=stage_callbacks(history, reporter, PRUNE_KEY, minimize),
-                         optimizers=loraplus_optimizers(model, method))
+    trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                          processing_class=tokenizer,
+                          callbacks=stage_callbacks(history, reporter, PRUNE_KEY, minimize),
+                          optimizers=loraplus_optimizers(model, method), **trainer_kwargs)
     return timed_train(trainer, history)

@@ -8,11 +8,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from harness.train.adapters import loraplus_optimizers
 from harness.train.arguments import preference_args, step_args
-from harness.train.callbacks import LossHistory, Reporter, stage_callbacks
-from harness.train.dpo import PRUNE_KEY
-from harness.train.results import TrainResult, timed_train
+from harness.train.callbacks import Reporter
+from harness.train.dpo import offline_train
+from harness.train.results import TrainResult
 
 
 def kto_args(method: DictConfig, model_cfg: DictConfig, output_dir: Path, seed: int):
@@ -32,14 +31,8 @@ def train_kto(model, tokenizer, method: DictConfig, model_cfg: DictConfig, rows:
               output_dir: Path, seed: int, ref_model=None, reporter: Reporter | None = None,
               minimize: bool = False) -> TrainResult:
     """KTO on a (PEFT or full) policy; full runs pass a frozen `ref_model` copy."""
-    from datasets import Dataset
     from trl import KTOTrainer
 
-    args = kto_args(method, model_cfg, output_dir, seed)
-    history = LossHistory(Path(output_dir) / "loss.jsonl")
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    trainer = KTOTrainer(model=model, ref_model=ref_model, args=args,
-                         train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         callbacks=stage_callbacks(history, reporter, PRUNE_KEY, minimize),
-                         optimizers=loraplus_optimizers(model, method))
-    return timed_train(trainer, history)
+    return offline_train(KTOTrainer, kto_args(method, model_cfg, output_dir, seed), model,
+                         tokenizer, method, rows, output_dir, reporter, minimize,
+                         ref_model=ref_model)

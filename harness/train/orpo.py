@@ -9,11 +9,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from harness.train.adapters import loraplus_optimizers
 from harness.train.arguments import preference_args, step_args
-from harness.train.callbacks import LossHistory, Reporter, stage_callbacks
-from harness.train.dpo import PRUNE_KEY
-from harness.train.results import TrainResult, timed_train
+from harness.train.callbacks import Reporter
+from harness.train.dpo import offline_train
+from harness.train.results import TrainResult
 
 
 def orpo_args(method: DictConfig, model_cfg: DictConfig, output_dir: Path, seed: int):
@@ -33,14 +32,7 @@ def train_orpo(model, tokenizer, method: DictConfig, model_cfg: DictConfig, rows
                minimize: bool = False) -> TrainResult:
     """ORPO on a (PEFT or full) policy straight from the base."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from datasets import Dataset
     from trl.experimental.orpo import ORPOTrainer
 
-    args = orpo_args(method, model_cfg, output_dir, seed)
-    history = LossHistory(Path(output_dir) / "loss.jsonl")
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
-    trainer = ORPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                          processing_class=tokenizer,
-                          callbacks=stage_callbacks(history, reporter, PRUNE_KEY, minimize),
-                          optimizers=loraplus_optimizers(model, method))
-    return timed_train(trainer, history)
+    return offline_train(ORPOTrainer, orpo_args(method, model_cfg, output_dir, seed), model,
+                         tokenizer, method, rows, output_dir, reporter, minimize)
