@@ -74,7 +74,8 @@ def run_sweep(model_dir: Path, out: Path, steps: int, extra: list[str]) -> tuple
     """`python -m harness sweep=gpu_acceptance` on the model; (exit code, seconds)."""
     cmd = [sys.executable, "-m", "harness", "sweep=gpu_acceptance", "model=local",
            f"model.path={model_dir}", f"paths.sweeps={out / 'sweeps'}",
-           f"paths.reports={out / 'reports'}", f"method.train.max_steps={steps}", *extra]
+           f"paths.reports={out / 'reports'}", f"method.train.max_steps={steps}",
+           f"sweep.params.sft_steps.choices=[{steps}]", *extra]
     start = time.perf_counter()
     with (out / "sweep.log").open("w") as log:
         code = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode

@@ -14,7 +14,7 @@
     python -m harness action=merge sweep=default   merge the best adapter into its base model
     python -m harness action=plan model=llama3_1_8b sweep=method_compare launcher.gpu_type=h100-80gb
                                                    predicted memory by part, GPU, step time
-    python -m harness --cfg [overrides...]         print the composed config and exit
+    python -m harness --cfg [job] [overrides...]   print the composed config and exit
 
 Bad input exits with status 2 and one line naming the field, file or line; nothing is
 written before the input is known to be good.
@@ -60,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     # bitsandbytes warns at import that an optional hub-downloaded CPU kernel is missing.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
-        if "--cfg" in args:
-            print(to_yaml(compose_config([a for a in args if a != "--cfg"])))
+        if "--cfg" in args:   # Hydra's `--cfg job` spelling accepted too (the job's config)
+            at = args.index("--cfg")
+            rest = args[:at] + args[at + 1 + (args[at + 1:at + 2] == ["job"]):]
+            print(to_yaml(compose_config(rest)))
             return 0
         action = compose_config(args).get("action", "sweep")
         return ACTIONS.load(action)(args)

@@ -24,6 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from harness.layout import CONFIG_FILE, RESULT_FILE, rebase, rebase_config, recorded_sweep
 
+try:    # a dependency (pyproject.toml); absent only on a machine that carries a few wheels
+    import orjson
+except ImportError:  # pragma: no cover - the standard parser reads the same records
+    orjson = None
+
 COMPLETE = "COMPLETE"
 FAILED = "FAILED"
 PRUNED = "PRUNED"
@@ -46,7 +51,8 @@ class TrialSpec:
     untrained base model; replicate_of: the trial a replicate reruns; dir: the trial folder;
     baseline_dir: the sweep's base-model folder (lm-eval's "identical to base" guard);
     stages_dir: where chained methods cache their SFT / reward stages; judge_url / judge_model:
-    a judge server the driver runs for every trial (None: the trial's own `eval.judge`);
+    a judge server the driver runs for every trial (127.0.0.1, or the node:port of the SLURM
+    judge job with eval.judge.serve.where=slurm; None: the trial's own `eval.judge`);
     threads: torch threads; git_commit: the harness checkout that ran the driver; prediction:
     the estimator's prediction for the trial (harness.estimate.predict), copied into the record.
     """
@@ -228,14 +234,28 @@ def write_record(record: TrialRecord, trial_dir: Path) -> Path:
     return path
 
 
+def loads(text: bytes | str) -> dict:
+    """A JSON document: orjson (2.5x faster on records with long loss histories; a 5,000-trial
+    report reads them all), else the standard parser for what orjson refuses and json.dumps
+    writes (NaN, Infinity, integers past 64 bits)."""
+    if orjson is not None:
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+    return json.loads(text)
+
+
 def read_record(trial_dir: Path) -> TrialRecord | None:
     """The record in a trial folder, or None if the trial wrote none."""
     path = Path(trial_dir) / RESULT_FILE
     if not path.exists():
         return None
-    data = json.loads(path.read_text())
+    data = loads(path.read_bytes())
     written_in = Path(str(data.get("config_path") or "")).parent
-    here = Path(trial_dir).resolve()
+    here = Path(trial_dir)
+    if written_in != here:      # read where it was written: no resolve() syscalls needed
+        here = here.resolve()
     if data.get("config_path") and moved(written_in, here):   # a moved sweep folder
         data = rebase(data, recorded_sweep(written_in), recorded_sweep(here))
     return TrialRecord.from_dict(data)

@@ -52,10 +52,22 @@ def resolve(entry: str) -> Any:
 # trl): the local launcher runs `python -m harness.trial`, a SLURM job resolves this on its node.
 TRIAL_ENTRY = "harness.trial.run:run_trial"
 
+# Jobs other than a trial that launchers run on a finished folder, by name for the same reason
+# (harness.tasks: request and outcome files; `python -m harness.launch.task_main KIND DIR`).
+TASKS = Registry("task", {
+    "rescore": "harness.trial.rescore:rescore_task",   # re-run expensive evals on model/
+})
+
 
 LAUNCHERS = Registry("launcher.name", {
     "local": "harness.launch.local:LocalLauncher",
     "slurm": "harness.launch.slurm:SlurmLauncher",
+})
+
+# Where the sweep's judge runs (a context manager per entry, yielding the served judge).
+JUDGE_SERVICES = Registry("eval.judge.serve.where", {
+    "local": "harness.eval.judge_server:sweep_judge",
+    "slurm": "harness.sweep.judge_service:slurm_judge",
 })
 
 SAMPLERS = Registry("sweep.sampler.name", {

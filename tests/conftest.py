@@ -50,3 +50,13 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 600,
     full_env.setdefault("HARNESS_CACHE", str(REPO / ".cache" / "harness"))
     return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_trial(tmp_path_factory) -> dict:
+    """One tiny LoRA trial of the embedded model, run as the local launcher runs it, with the
+    progress.json snapshots seen meanwhile (tests/test_progress.py; tests/test_cascade_jobs.py
+    re-scores its saved model). Session-wide: it runs once for both."""
+    from tests.test_progress import run_tiny_trial
+
+    return run_tiny_trial(tmp_path_factory.mktemp("progress"))

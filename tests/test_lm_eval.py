@@ -176,10 +176,15 @@ def test_top_k_pass_scores_best_unjudged_and_notes_the_rest(tmp_path, monkeypatc
                                  metrics={"perplexity": ppl}, cascade=decision), folder)
     scored_dirs = []
     judge = object()  # the sweep's live judge server, passed down to every re-scoring
-    monkeypatch.setattr(sweep_cascade, "evaluate_saved",
-                        lambda d, stages=None, reason=None, judge=None:
-                        scored_dirs.append((d.name, reason, judge)))
-    scored = sweep_cascade.top_k_pass(tmp_path, _cascade_cfg(top_k=2), judge)
+    launcher = object()   # the driver's: every re-scoring is one of its jobs
+
+    def jobs(requests, through, served, stages=None, poll_s=1.0):
+        assert through is launcher
+        scored_dirs.extend((d.name, reason, served) for d, reason in requests)
+        return {d: {"status": "done"} for d, _ in requests}
+
+    monkeypatch.setattr(sweep_cascade, "rescore_jobs", jobs)
+    scored = sweep_cascade.top_k_pass(tmp_path, _cascade_cfg(top_k=2), judge, launcher)
     assert scored == [3] and scored_dirs[0][0] == "0003" and "rank 2 of 4" in scored_dirs[0][1]
     assert scored_dirs[0][2] is judge
     for name, rank in (("0000", 3), ("0002", 4)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
@@ -244,7 +245,10 @@ def _arg_builders() -> dict:
     from harness.train import dpo
     from harness.train.arguments import sft_config
 
-    return {"sft": lambda m, mc, out, seed: sft_config(m, mc, out, seed, has_eval=True),
+    # FSDP wraps the model's decoder layers: a stand-in naming one is all sft_config reads
+    layers = SimpleNamespace(_no_split_modules=["LlamaDecoderLayer"])
+    return {"sft": lambda m, mc, out, seed: sft_config(m, mc, out, seed, has_eval=True,
+                                                       model=layers),
             "dpo": dpo.dpo_args, "kto": kto.kto_args, "orpo": orpo.orpo_args,
             "ppo": ppo.ppo_args, "grpo": grpo.grpo_args, "rloo": rloo.rloo_args,
             "reward": reward.reward_args}
@@ -264,7 +268,7 @@ ALTERNATIVES = {"lr_scheduler_type": ["linear", "cosine"], "optim": ["sgd"],
                 "quant_type": ["fp4"], "target_modules": [["q_proj", "k_proj", "v_proj",
                                                            "down_proj"]],
                 "feedforward_modules": [["k_proj"]], "init_text": ["another text"],
-                "num_generations": [2]}
+                "num_generations": [2], "fsdp": ["full_shard"]}
 
 
 def _changed(key: str, value):

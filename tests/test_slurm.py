@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from harness import progress
 from harness.config.compose import compose_config, resolve_paths, to_yaml
 from harness.config.validate import check_slurm_config
 from harness.errors import ConfigError
@@ -284,6 +285,8 @@ def test_sweep_on_slurm_resumes_after_driver_kill(cluster, tmp_path):
         assert (trial_dir / "trial.log").resolve() == Path(record.job["stdout"])
         log_text = Path(record.job["stdout"]).read_text()
         assert log_text.count("Starting with JobEnvironment") == 1, "trial ran twice"
+        assert "train sft step 10/10 (100%)" in log_text   # step lines from the node's trial
+        assert progress.read(trial_dir).text() == "done COMPLETE"   # the driver's bar source
     # every trial job was submitted once (+1: the base model's job)
     assert len(sacct_jobs(f"harness-{sweep}")) == len(submitted) + 1
     assert (tmp_path / "reports" / f"{sweep}.html").is_file()

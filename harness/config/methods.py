@@ -36,9 +36,12 @@ def check_method_kind(method: DictConfig, where: str, add: Callable[[str], None]
         add(f"{where}.quantization.bits={bits}: PPO (trl.experimental.ppo) trains an "
             "unquantized policy; use method=grpo or method=rloo for a 4-bit policy + LoRA")
     reward = method.get("reward")
-    if reward is not None and (reward.get("quantization") or {}).get("bits") is not None:
-        add(f"{where}.reward.quantization.bits: the reward model trains and scores "
-            "unquantized (set it to null)")
+    reward_bits = (reward.get("quantization") or {}).get("bits") if reward is not None else None
+    if reward_bits not in (None, 4, 8):
+        add(f"{where}.reward.quantization.bits must be null, 4 or 8, got {reward_bits!r}")
+    elif reward_bits is not None and reward.get("peft") != "lora":
+        add(f"{where}.reward.quantization.bits={reward_bits} needs {where}.reward.peft=lora "
+            "(a quantized reward model trains LoRA adapters, QLoRA-style)")
     if peft == "lora":
         _check_lora_extras(method.lora, kind, bits, where, add)
     if peft == "ia3" and method.get("ia3") is not None:

@@ -14,13 +14,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.config.distributed import check_fsdp
+from harness.config.judge_reach import check_judge_reach
 from harness.config.methods import NO_SFT_STAGE, check_method_kind
 from harness.errors import ConfigError
 from harness.registry import LAUNCHERS, METHOD_KINDS, PEFT_METHODS, PRUNERS, SAMPLERS, STORAGES
 
 METHODS_WITH_PEFT = set(PEFT_METHODS.names())
 QUANT_BITS = {None, 4, 8}
-DTYPES = {"float32", "bfloat16", "float16"}
+DTYPES = {"float32", "bfloat16", "float16", "auto"}   # auto: harness.train.placement
 SOURCES = {"embedded", "hub", "local"}
 
 
@@ -52,6 +54,7 @@ def validate_trial_config(cfg: DictConfig, problems: Problems | None = None) -> 
     own = problems is None
     problems = Problems() if own else problems
     _method_checks(cfg.method, "method", problems)
+    check_fsdp(cfg, problems.add)   # method.train.fsdp: full weights, several processes
     problems.check(_check_model, cfg.model)
     problems.check(_check_data, cfg.data)
     problems.check(_check_positive, cfg, ["eval.perplexity.max_length", "eval.perplexity.stride",
@@ -81,8 +84,12 @@ def validate_sweep(cfg: DictConfig, n_objectives: int, problems: Problems) -> No
         problems.add("sweep.sampler.name=cmaes cannot optimize several objectives")
     if cfg.launcher.get("parallel") is not None:   # null (local): GPUs // gpus_per_trial
         problems.check(_check_positive, cfg, ["launcher.parallel"])
+    interval = cfg.launcher.get("progress_interval_s", 1.0)
+    if isinstance(interval, bool) or not isinstance(interval, int | float) or interval < 0:
+        problems.add(f"launcher.progress_interval_s must be a number >= 0, got {interval!r}")
     if cfg.launcher.get("name") == "slurm":
         problems.check(check_slurm_config, cfg)
+    problems.check(check_judge_reach, cfg)   # eval.judge.serve.where, no loopback judge on SLURM
 
 
 # -- method ------------------------------------------------------------------------------------
@@ -140,7 +147,8 @@ def _check_model(model: DictConfig) -> None:
     if source == "local" and not Path(str(model.path)).is_dir():
         raise ConfigError(f"model.path: no model directory at {model.path}")
     if model.dtype not in DTYPES:
-        raise ConfigError(f"model.dtype must be float32, bfloat16 or float16, got {model.dtype!r}")
+        raise ConfigError(f"model.dtype must be float32, bfloat16, float16 or auto, "
+                          f"got {model.dtype!r}")
 
 
 def _check_data(data: DictConfig) -> None:

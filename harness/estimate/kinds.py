@@ -7,9 +7,11 @@ harness.registry.ESTIMATE_KINDS. What each kind holds (trl 1.12, the harness's p
   2 x batch sequences); the reference is the adapter-disabled policy for LoRA (no memory) or a
   frozen copy for full weights (its no-grad forward runs before the policy's, so only its
   weights add to the peak).
-- ppo: policy, reference (copy unless LoRA), value model (trained in full with the policy:
-  weights, gradients, optimizer states, activations; no vocabulary logits) and reward model
-  (frozen); rollouts hold a KV cache (a separate phase, before the update).
+- ppo: policy, reference (copy unless LoRA), value model (from the reward model, trained with
+  the policy: weights, gradients, optimizer states, activations, no vocabulary logits; LoRA
+  on the reward base when the policy trains LoRA, harness.train.reward.load_value_model) and
+  reward model (frozen, 4/8-bit as the reward block says); rollouts hold a KV cache (a
+  separate phase, before the update).
 - grpo, rloo: policy, reference (copy when beta > 0 and full weights), reward model (frozen);
   rollouts of num_generations completions with a KV cache.
 - kto: the policy, the reference as for DPO (plus a no-grad KL pass); orpo: chosen + rejected
@@ -41,6 +43,7 @@ class Trainee:
     beta: float = 0.0                 # GRPO KL coefficient (> 0: a reference is held)
     response_tokens: int = 0          # generated tokens per rollout (PPO, GRPO)
     reward_full: bool = True          # the reward model is a full frozen copy
+    reward_bits: int | None = None    # the reward (and value) model's quantization bits
     precompute_ref: bool = False      # DPO: reference log-probs computed once, up front
 
 
@@ -88,11 +91,13 @@ def orpo(shape: ModelShape, t: Trainee) -> tuple[Parts, float]:
 
 def ppo(shape: ModelShape, t: Trainee) -> tuple[Parts, float]:
     parts = train_parts(shape, t.setup)
-    value = train_parts(shape, replace(t.setup, peft="none", bits=None))
+    value_peft = "lora" if t.setup.peft == "lora" else "none"
+    value = train_parts(shape, replace(t.setup, peft=value_peft,
+                                       bits=t.reward_bits if value_peft == "lora" else None))
     parts.extras["value model"] = (value.weights + value.grads + value.optimizer
                                    + value.activations)
     parts.extras["reference"] = _reference(shape, t.setup)
-    parts.extras["reward model"] = frozen_bytes(shape, replace(t.setup, bits=None))
+    parts.extras["reward model"] = frozen_bytes(shape, replace(t.setup, bits=t.reward_bits))
     parts.generation = _rollouts(shape, t)
     gen = 2 * shape.matmul_params() * t.setup.batch * t.response_tokens
     forwards = 3 * 2 * shape.matmul_params() * t.setup.batch * t.setup.seq  # ref, reward, value
@@ -103,7 +108,7 @@ def grpo(shape: ModelShape, t: Trainee) -> tuple[Parts, float]:
     parts = train_parts(shape, t.setup)
     if t.beta > 0:
         parts.extras["reference"] = _reference(shape, t.setup)
-    parts.extras["reward model"] = frozen_bytes(shape, replace(t.setup, bits=None))
+    parts.extras["reward model"] = frozen_bytes(shape, replace(t.setup, bits=t.reward_bits))
     parts.generation = _rollouts(shape, t)
     gen = 2 * shape.matmul_params() * t.setup.batch * t.response_tokens
     return parts, _flops(shape, t.setup, t.setup.batch) + gen

@@ -79,6 +79,14 @@ def optimizer_for(name: str, device: str) -> str:
     return "paged_adamw_32bit" if device == "cuda" else "adamw_torch"
 
 
+def resolved_dtype(name: str, device: str) -> str:
+    """model.dtype `auto` as a trial resolves it (harness.train.placement.resolve_dtype):
+    a 2-byte dtype (bfloat16 or float16) on a GPU, float32 on CPU."""
+    if name != "auto":
+        return name
+    return "bfloat16" if device == "cuda" else "float32"
+
+
 def trainee(cfg: DictConfig, device: str) -> Trainee:
     """The policy's Setup and the kind's numbers from the method config."""
     method, model = cfg.method, cfg.model
@@ -98,10 +106,13 @@ def trainee(cfg: DictConfig, device: str) -> Trainee:
     quant = method.get("quantization") or {}
     adapter = method.get(str(method.get("peft"))) if method.get("peft") in ("prefix", "prompt") \
         else None
+    # processes of a data-parallel trial (harness.config.distributed.trial_processes: SLURM
+    # nodes x nproc_per_node or gpus_per_node; local gpus_per_trial)
     world = int(cfg.launcher.get("nodes") or 1) * int(cfg.launcher.get("nproc_per_node")
-                                                      or cfg.launcher.get("gpus_per_node") or 1)
+                                                      or cfg.launcher.get("gpus_per_node")
+                                                      or cfg.launcher.get("gpus_per_trial") or 1)
     setup = Setup(
-        dtype=str(model.dtype), peft=str(method.get("peft", "none")),
+        dtype=resolved_dtype(str(model.dtype), device), peft=str(method.get("peft", "none")),
         rank=int(lora.get("rank", 16)), targets=targets, dropout=float(lora.get("dropout", 0.0)),
         dora=bool(lora.get("use_dora", False)), bits=quant.get("bits"),
         double_quant=bool(quant.get("double_quant", True)),
@@ -110,6 +121,7 @@ def trainee(cfg: DictConfig, device: str) -> Trainee:
         checkpointing=bool(train.get("gradient_checkpointing", False)),
         attn=str(model.get("attn_implementation", "sdpa")), device=device,
         replicas=max(1, world),
+        shards=max(1, world) if train.get("fsdp") else 1,   # method.train.fsdp
         virtual_tokens=int(adapter.get("num_virtual_tokens", 0)) if adapter else 0)
     dtype_bytes(setup.dtype)
     reward = method.get("reward") or {}
@@ -118,6 +130,7 @@ def trainee(cfg: DictConfig, device: str) -> Trainee:
                    beta=float(block.get("beta", 0.0)) if kind in ONLINE else 0.0,
                    response_tokens=int(block.get(ONLINE.get(kind, ""), 0) or 0),
                    reward_full=str(reward.get("peft", "none")) == "none",
+                   reward_bits=(reward.get("quantization") or {}).get("bits"),
                    precompute_ref=bool(method.dpo.get("precompute_ref_log_probs", False))
                    if kind == "dpo" else False)
 

@@ -63,7 +63,8 @@ def run_battery(model, tokenizer, cfg: DictConfig, progress: bool = True,
         prompts, refs = data.rouge_pairs(cfg.data.rouge, rouge_cfg.get("max_samples"))
         outputs = evaluate.generate(model, tokenizer, prompts,
                                     max_new_tokens=int(rouge_cfg.max_new_tokens),
-                                    batch_size=int(rouge_cfg.batch_size), progress=progress)
+                                    batch_size=int(rouge_cfg.batch_size), progress=progress,
+                                    desc="rouge generations")
         result.metrics.update(evaluate.rouge(outputs, refs))
         keep = int(cfg.eval.get("samples_in_record", 8))
         result.samples = [{"prompt": p, "reference": r, "generation": g}

@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.progress import LogTqdm
+
 log = logging.getLogger(__name__)
 
 # FastChat (fastchat/llm_judge/common.py, Apache-2.0): rating patterns and the error marker.
@@ -248,7 +250,8 @@ class JudgeClient:
         self._openai()  # a missing API key fails here, once, with a clear message
         workers = min(self.settings.concurrency, max(1, len(requests)))
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(self.judge_one, requests))
+            return list(LogTqdm(pool.map(self.judge_one, requests), total=len(requests),
+                                desc="mt_bench judging", unit="judgment"))
 
     def judge_one(self, request: JudgeRequest) -> JudgeReply:
         cached = self.cache.get(request.key)

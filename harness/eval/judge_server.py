@@ -10,7 +10,9 @@ the same string (`server.model`). It listens on a free port of 127.0.0.1 only, r
 happens. `/v1/models` answers 500 unless the hub cache folder exists: it is created first.
 `sweep_judge(cfg, sweep_dir)` starts one server for a whole sweep and yields it; the driver
 writes its URL and model into every trial's spec (`judge_url`, `judge_model`), which
-`configured_endpoint` prefers to the trial's own `eval.judge`.
+`configured_endpoint` prefers to the trial's own `eval.judge`. That is `eval.judge.serve.where=
+local`; where=slurm serves the same command as its own SLURM job on 0.0.0.0 of a compute node
+(harness.sweep.judge_service, judge_job), and `stop_stale_server` also cancels a recorded job.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ class ServedModel:
     base_url: str
     model: str
     port: int
-    pid: int
+    pid: int | None            # the local server's process (None: a SLURM judge job)
     log_path: Path
+    job_id: str | None = None  # the SLURM judge job (eval.judge.serve.where=slurm)
 
 
 def free_port(host: str = HOST) -> int:
@@ -79,16 +82,16 @@ def ensure_hub_cache() -> Path:
 
 
 def serve_command(model_dir: str, port: int, device: str = "cpu", dtype: str = "auto",
-                  extra_args: list[str] | None = None) -> list[str]:
+                  extra_args: list[str] | None = None, host: str = HOST) -> list[str]:
     """The `transformers serve` command line (run with this interpreter), watched: the server
     kills itself when the process that runs this command dies (judge_serve_main)."""
     return [sys.executable, "-m", SERVE_MODULE, str(os.getpid()), "serve", model_dir,
-            "--host", HOST,
+            "--host", host,
             "--port", str(port), "--device", device, "--dtype", dtype, "--log-level", "warning",
             *(extra_args or [])]
 
 
-def _server_env(threads: int | None) -> dict[str, str]:
+def server_env(threads: int | None) -> dict[str, str]:
     env = dict(os.environ)
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                 "TOKENIZERS_PARALLELISM": "false"})
@@ -153,7 +156,7 @@ def serve_model(model_dir: str | Path, *, log_path: str | Path | None = None,
     with log_path.open("ab") as log_file:
         process = subprocess.Popen(serve_command(model_dir, port, device, dtype, extra_args),
                                    stdout=log_file, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env=_server_env(threads),
+                                   stdin=subprocess.DEVNULL, env=server_env(threads),
                                    start_new_session=True)
     url = f"http://{HOST}:{port}"
     try:
@@ -184,7 +187,7 @@ def sweep_judge(cfg: DictConfig, sweep_dir: str | Path) -> Iterator[ServedModel 
     """One local judge server for a whole sweep (None if none is configured).
 
     The caller hands the server to its trials: the driver writes `judge_url` / `judge_model`
-    into every TrialSpec; an in-process re-scoring passes it to trial.rescore.evaluate_saved.
+    into every TrialSpec; a re-scoring job gets it in its request (harness.sweep.cascade).
     """
     model_path = served_model_path(cfg)
     if model_path is None:
@@ -195,7 +198,7 @@ def sweep_judge(cfg: DictConfig, sweep_dir: str | Path) -> Iterator[ServedModel 
     record = Path(sweep_dir) / SERVER_FILE
     stale = stop_stale_server(record)
     if stale:
-        log.warning("stopped judge server pid %d left running by an earlier driver", stale)
+        log.warning("stopped judge %d left running by an earlier driver", stale)
     with serve_model(model_path, log_path=Path(sweep_dir) / "judge_server.log",
                      startup_timeout_s=float(serve.get("startup_timeout_s", 180)),
                      device=str(serve.get("device", "cpu")),
@@ -220,10 +223,15 @@ def _running(pid: int) -> bool:
 
 def stop_stale_server(record: Path, grace_s: float = 10.0) -> int | None:
     """Stop the judge server recorded in `record` if it still runs (a killed driver's); return
-    its pid, or None when there was none. A recorded pid that now belongs to another program
-    is left alone (its command line must name the judge's entry module)."""
+    its pid (or SLURM job id), or None when there was none. A recorded pid that now belongs to
+    another program is left alone (its command line must name the judge's entry module), and
+    so is a recorded job id that now names another job (its name must be the recorded one)."""
     try:
-        pid = int(json.loads(record.read_text())["pid"])
+        info = json.loads(record.read_text())
+        if isinstance(info, dict) and info.get("slurm_job_id"):
+            record.unlink(missing_ok=True)
+            return cancel_stale_job(str(info["slurm_job_id"]), str(info.get("job_name", "")))
+        pid = int(info["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
     record.unlink(missing_ok=True)
@@ -242,6 +250,24 @@ def stop_stale_server(record: Path, grace_s: float = 10.0) -> int | None:
                 return pid
             time.sleep(0.2)
     return pid
+
+
+def cancel_stale_job(job_id: str, job_name: str) -> int | None:
+    """scancel the judge job `job_id` if SLURM still lists it under `job_name`; its id, or None
+    when it is gone or is another job (squeue and scancel both filter on the name)."""
+    def slurm(*cmd: str) -> str:
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.warning("%s: %s", cmd[0], exc)
+            return ""
+        return done.stdout if done.returncode == 0 else ""
+
+    listed = slurm("squeue", "-h", "-j", job_id, "--name", job_name, "-o", "%i").split()
+    if job_id not in listed:
+        return None
+    slurm("scancel", "--name", job_name, job_id)
+    return int(job_id)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from harness.eval.cascade import baseline_folder
+from harness.eval.progress_hooks import lm_eval_progress
 from harness.layout import RESULT_FILE
 from harness.records import COMPLETE, TrialSpec
 
@@ -214,7 +215,8 @@ def run_lm_eval(model, tokenizer, lm_cfg, out_dir: str | Path, seed: int = 0) ->
     manager = TaskManager(include_path=str(task_dir) if task_dir else None,
                           include_defaults=bool(lm_cfg.get("include_defaults")) or not task_dir)
     merge = bool(lm_cfg.get("merge_adapter", False))
-    with adapter_merged(model, merge) as scored, _tokenizer_state(tokenizer):
+    with adapter_merged(model, merge) as scored, _tokenizer_state(tokenizer), \
+            lm_eval_progress():   # request loops as log lines (harness.eval.progress_hooks)
         lm = HFLM(pretrained=scored, tokenizer=tokenizer, batch_size=int(lm_cfg.batch_size),
                   max_length=lm_cfg.get("max_length"))
         raw = simple_evaluate(

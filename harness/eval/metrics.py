@@ -13,7 +13,8 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from harness.progress import LogTqdm
 
 IGNORE_INDEX = -100
 
@@ -166,7 +167,8 @@ def perplexity(
     total, n_tokens = torch.zeros((), dtype=torch.float64), 0
     with _eval_mode(model):
         batches = _batches(windows, batch_size)
-        for batch in tqdm(batches, total=n_batches, desc="perplexity", disable=not progress):
+        for batch in LogTqdm(batches, total=n_batches, desc="perplexity", unit="batch",
+                             disable=not progress):
             nll, count = _batch_nll(model, batch, pad_id)
             total = total.to(nll.device) + nll.double()  # float64 sum over all batches
             n_tokens += count
@@ -279,8 +281,10 @@ def generate(
     max_new_tokens: int,
     batch_size: int,
     progress: bool = False,
+    desc: str = "generate",
 ) -> list[str]:
     """Greedy generations (new tokens only, special tokens skipped, stripped), one per prompt.
+    `progress`: log lines and progress-file updates named `desc` (harness.progress).
 
     Each prompt is rendered as a single user turn with the chat template and a generation prompt
     (plain text if the tokenizer has none) and batched with left padding; the tokenizer's
@@ -294,7 +298,8 @@ def generate(
     n_batches = math.ceil(len(order) / batch_size)
     with _eval_mode(model), _left_padding(tokenizer):
         batches = _batches(order, batch_size)
-        for idx in tqdm(batches, total=n_batches, desc="generate", disable=not progress):
+        for idx in LogTqdm(batches, total=n_batches, desc=desc, unit="batch",
+                           disable=not progress):
             batch = [texts[i] for i in idx]
             generated = _generate_batch(model, tokenizer, batch, add_special, max_new_tokens)
             for i, text in zip(idx, generated, strict=True):

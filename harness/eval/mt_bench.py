@@ -37,6 +37,7 @@ from harness.eval.judge import (
     sha256,
 )
 from harness.eval.judge_server import judge_endpoint
+from harness.progress import LogTqdm
 from harness.records import TrialSpec
 
 log = logging.getLogger(__name__)
@@ -230,7 +231,7 @@ def generate_answers(model, tokenizer, questions: list[dict], *, model_id: str,
     model.eval()
     try:
         rows = []
-        for question in questions:
+        for question in LogTqdm(questions, desc="mt_bench answers", unit="question"):
             turns = answer_question(model, tokenizer, question, max_new_tokens=max_new_tokens,
                                     seed=seed, conv_template=conv_template,
                                     temperature=temperature)

@@ -8,6 +8,7 @@ from omegaconf import DictConfig
 
 from harness.data.preference import chat_text, prompt_text, reward_text, text_of
 from harness.eval.metrics import generate
+from harness.progress import LogTqdm
 
 
 @torch.inference_mode()
@@ -32,7 +33,7 @@ def pref_accuracy(model, tokenizer, rows: list[dict]) -> float:
     was_training = model.training
     model.eval()
     wins = 0
-    for row in rows:
+    for row in LogTqdm(rows, desc="preference pairs", unit="pair"):
         chosen, rejected = completion_logprob(model, tokenizer, prompt_text(row),
                                               [text_of(row["chosen"]), text_of(row["rejected"])])
         wins += chosen > rejected
@@ -42,16 +43,20 @@ def pref_accuracy(model, tokenizer, rows: list[dict]) -> float:
 
 @torch.inference_mode()
 def reward_scores(reward_model, tokenizer, prompts: list[str], answers: list[str],
-                  batch_size: int = 16) -> list[float]:
-    """Reward-model score of each (prompt, answer) rendered as a chat."""
+                  batch_size: int = 16, max_length: int | None = None) -> list[float]:
+    """Reward-model score of each (prompt, answer) rendered as a chat, truncated at
+    `max_length` tokens (the reward block's max_length, as it was trained; None: not
+    truncated)."""
     reward_model.eval()
+    device = next(reward_model.parameters()).device
     texts = [reward_text(tokenizer, p, a) for p, a in zip(prompts, answers, strict=True)]
     side, tokenizer.padding_side = tokenizer.padding_side, "right"
     scores: list[float] = []
     try:
         for i in range(0, len(texts), batch_size):
             enc = tokenizer(texts[i:i + batch_size], add_special_tokens=False, padding=True,
-                            truncation=True, max_length=512, return_tensors="pt")
+                            truncation=max_length is not None, max_length=max_length,
+                            return_tensors="pt").to(device)
             scores += reward_model(**enc).logits[:, 0].float().tolist()
     finally:
         tokenizer.padding_side = side
@@ -61,15 +66,18 @@ def reward_scores(reward_model, tokenizer, prompts: list[str], answers: list[str
 def generations(model, tokenizer, prompts: list[str], metrics_cfg: DictConfig) -> list[str]:
     """Greedy answers to held-out prompts (harness.eval.metrics.generate)."""
     return generate(model, tokenizer, prompts, max_new_tokens=int(metrics_cfg.max_new_tokens),
-                    batch_size=int(metrics_cfg.batch_size))
+                    batch_size=int(metrics_cfg.batch_size), progress=True,
+                    desc="preference generations")
 
 
 def policy_eval(model, tokenizer, rows: list[dict], prompts: list[str], reward,
-                metrics_cfg: DictConfig) -> dict:
+                metrics_cfg: DictConfig, max_length: int | None = None) -> dict:
     """pref_accuracy, generations, their reward scores and reward_mean for one policy.
-    `reward`: (reward model, its tokenizer), or None for no scores."""
+    `reward`: (reward model, its tokenizer), or None for no scores; `max_length`: the reward
+    model's truncation length (reward_scores)."""
     outs = generations(model, tokenizer, prompts, metrics_cfg)
-    scores = reward_scores(reward[0], reward[1], prompts, outs) if reward else []
+    scores = reward_scores(reward[0], reward[1], prompts, outs,
+                           max_length=max_length) if reward else []
     return {"pref_accuracy": pref_accuracy(model, tokenizer, rows), "generations": outs,
             "scores": scores, "reward_mean": sum(scores) / len(scores) if scores else None}
 

@@ -46,6 +46,10 @@ class Launcher(Protocol):
 
     def reattach(self, trial_dir: Path) -> Job | None: ...
 
+    def submit_task(self, kind: str, folder: Path) -> Job:
+        """A registry.TASKS job on a finished folder (re-scoring), where trials run."""
+        ...
+
     def close(self) -> None: ...
 
 

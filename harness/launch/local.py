@@ -14,7 +14,13 @@ from omegaconf import DictConfig
 
 from harness.launch.base import read_job_file, write_job_file
 from harness.launch.devices import DevicePool, device_plan
+from harness.launch.torchrun import data_parallel, torchrun_command
 from harness.layout import LOG_FILE
+from harness.progress import QUIET_BARS
+from harness.records import read_trial_config
+from harness.tasks import log_path as task_log
+
+TASK_MODULE = "harness.launch.task_main"   # runs a registry.TASKS entry by name
 
 
 class LocalJob:
@@ -59,7 +65,10 @@ class LocalJob:
 
     def cancel(self) -> None:
         try:
-            os.kill(self.pid, signal.SIGKILL)
+            if os.getpgid(self.pid) == self.pid:   # torchrun: its ranks go with it
+                os.killpg(self.pid, signal.SIGKILL)
+            else:
+                os.kill(self.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         if self.process is not None:
@@ -83,25 +92,43 @@ class LocalLauncher:
         self.timeout_s = float(cfg.launcher.timeout_min) * 60
 
     def command(self, trial_dir: Path) -> list[str]:
-        """The trial process's command line."""
+        """The trial process's command line: an SFT trial given several GPUs
+        (`gpus_per_trial` > 1) runs under torchrun, one rank per GPU (DDP, or FSDP with
+        method.train.fsdp); every other trial as one process."""
+        nproc = self.plan.per_trial
+        if nproc > 1 and data_parallel(*read_trial_config(trial_dir), nproc):
+            return torchrun_command(trial_dir, nproc)
         return [sys.executable, "-m", "harness.trial", str(trial_dir)]
 
     def submit(self, trial_dir: Path) -> LocalJob:
+        command = self.command(trial_dir)
+        job, devices = self._spawn(trial_dir, command, trial_dir / LOG_FILE,
+                                   group="torch.distributed.run" in command)
+        write_job_file(trial_dir, {"launcher": "local", "pid": job.pid, "started": job.started,
+                                   "devices": list(devices)})
+        return job
+
+    def submit_task(self, kind: str, folder: Path) -> LocalJob:
+        """A task (registry.TASKS, e.g. re-scoring) on a finished folder: a child process with
+        GPUs of its own from the pool, output in `<kind>.log` (harness.tasks)."""
+        return self._spawn(folder, [sys.executable, "-m", TASK_MODULE, kind, str(folder)],
+                           task_log(folder, kind))[0]
+
+    def _spawn(self, folder: Path, command: list[str], log_path: Path,
+               group: bool = False) -> tuple[LocalJob, tuple[str, ...]]:
+        """`group`: in a process group of its own (torchrun and its ranks, killed together)."""
         devices = self.pool.acquire()
-        env = {**os.environ, **self.plan.environment(devices)}
+        env = {**QUIET_BARS, **os.environ, **self.plan.environment(devices)}
         try:
-            with (trial_dir / LOG_FILE).open("ab") as log_file:
-                process = subprocess.Popen(self.command(trial_dir), stdout=log_file,
-                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                           env=env)
+            with log_path.open("ab") as log_file:
+                process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, env=env,
+                                           start_new_session=group)
         except BaseException:
             self.pool.release(devices)
             raise
-        started = time.time()
-        write_job_file(trial_dir, {"launcher": "local", "pid": process.pid, "started": started,
-                                   "devices": list(devices)})
-        return LocalJob(trial_dir, process.pid, process, self.timeout_s, started,
-                        on_end=lambda: self.pool.release(devices))
+        return LocalJob(folder, process.pid, process, self.timeout_s, time.time(),
+                        on_end=lambda: self.pool.release(devices)), devices
 
     def submit_many(self, trial_dirs: list[Path]) -> list[LocalJob]:
         return [self.submit(trial_dir) for trial_dir in trial_dirs]

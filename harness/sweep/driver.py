@@ -31,9 +31,10 @@ from harness.data.prepare import prepare_data
 from harness.embedded.build import build_embedded
 from harness.embedded.evals import ensure_for_config
 from harness.errors import ConfigError
-from harness.eval.judge_server import ServedModel, sweep_judge
+from harness.eval.judge_server import ServedModel
 from harness.launch.base import Job, Launcher, make_launcher, trial_threads
 from harness.layout import LOG_FILE, SWEEP_FILE, baseline_digest, baseline_dir
+from harness.progress import running_text
 from harness.records import (
     COMPLETE,
     FAILED,
@@ -50,6 +51,7 @@ from harness.records import (
 )
 from harness.study import make_pruner, make_storage
 from harness.sweep.cascade import top_k_pass
+from harness.sweep.judge_service import judge_service
 from harness.sweep.preflight import ATTR as PREFLIGHT_ATTR
 from harness.sweep.preflight import Preflight, check_trial, refused_record
 from harness.sweep.results_records import STALE_ATTR
@@ -209,6 +211,7 @@ class Driver:
                  judge: ServedModel | None = None):
         self.sweep, self.study, self.launcher = sweep, study, launcher
         self.running: dict[int, Job] = {}
+        self.best = ""   # the bar's best-trial text, refreshed when a trial ends
         self.baseline: TrialRecord | None = None
         self.base_dir = baseline_dir(sweep.dir, baseline_digest(sweep.cfg))
         self.shared = shared_spec(sweep, judge)
@@ -232,10 +235,11 @@ class Driver:
                     if self._slots(target, deadline):   # the pre-flight refused every ask
                         continue
                     break
-                for number in self.wait_any():
+                for number in self.wait_any(bar):
                     self.finish(number)
                     bar.update(1)
-                    bar.set_postfix_str(self._best_text())
+                    self.best = self._best_text()
+                    bar.set_postfix_str(self.best)
 
     def _slots(self, target: int, deadline: float | None) -> int:
         """How many new trials may start now (parallel limit, target count, timeout)."""
@@ -296,14 +300,23 @@ class Driver:
             return None
         return trial.number, trial_dir
 
-    def wait_any(self) -> list[int]:
-        """Block until at least one running trial ends; return their numbers."""
+    def wait_any(self, bar: tqdm | None = None) -> list[int]:
+        """Block until at least one running trial ends; return their numbers. `bar` shows
+        meanwhile each running trial's stage and step (bar_text)."""
         poll = float(self.sweep.cfg.launcher.get("poll_seconds", 1.0))
         while True:
             ended = [n for n, job in self.running.items() if job.done()]
             if ended:
                 return ended
+            if bar is not None:
+                bar.set_postfix_str(self.bar_text())
             time.sleep(poll)
+
+    def bar_text(self) -> str:
+        """The best trial so far, then each running trial's stage and step from its
+        progress.json (harness.progress: `#3 train sft 120/400`; local and SLURM alike)."""
+        running = running_text({n: job.trial_dir for n, job in self.running.items()})
+        return " | ".join(text for text in (self.best, running) if text)
 
     def finish(self, number: int) -> None:
         """Read the ended trial's record (or write one for a job that died) and tell Optuna."""
@@ -420,9 +433,9 @@ def run(sweep: Sweep) -> optuna.Study:
         write_card(sweep.data_card, layout.data_dir(sweep.dir))
     study = open_study(sweep)
     try:
-        with sweep_judge(sweep.cfg, sweep.dir) as judge:  # one judge server for all trials
+        with judge_service(sweep.cfg, sweep.dir) as judge:  # one judge for all trials
             Driver(sweep, study, launcher, judge).run()
-            top_k_pass(sweep.dir, sweep.cfg, judge)  # eval.cascade: score the top k now
+            top_k_pass(sweep.dir, sweep.cfg, judge, launcher)  # eval.cascade: top k, as jobs
     finally:
         launcher.close()
     return study

@@ -37,8 +37,10 @@ def merge_dtype(cfg: DictConfig, override: str | None = None) -> str:
         return str(override)
     quant = cfg.method.get("quantization") or {}
     if quant.get("bits") is not None and quant.get("compute_dtype"):
-        return str(quant.compute_dtype)
-    return str(cfg.model.dtype)
+        name = str(quant.compute_dtype)
+    else:
+        name = str(cfg.model.dtype)
+    return "bfloat16" if name == "auto" else name   # auto: the hub checkpoints' own dtype
 
 
 def merge_trial(trial_dir: Path, out_dir: Path, dtype: str | None = None) -> Path:

@@ -23,7 +23,6 @@ from omegaconf import DictConfig
 
 from harness import layout
 from harness.errors import ConfigError
-from harness.eval.judge_server import sweep_judge
 from harness.launch.base import make_launcher
 from harness.layout import CONFIG_FILE, RESULT_FILE
 from harness.records import (
@@ -34,6 +33,7 @@ from harness.records import (
     write_trial_config,
 )
 from harness.sweep.driver import shared_spec
+from harness.sweep.judge_service import judge_service
 from harness.sweep.results import load_sweep
 from harness.sweep.results_records import read_or_none
 
@@ -112,7 +112,7 @@ def run_replicates(sweep, items: list[Planned] | None = None) -> list[TrialRecor
           f"{len(todo)} to run", flush=True)
     launcher = make_launcher(sweep.cfg)
     try:
-        with sweep_judge(sweep.cfg, sweep.dir) as judge:
+        with judge_service(sweep.cfg, sweep.dir) as judge:
             _run_all(sweep, launcher, todo, shared_spec(sweep, judge))
     finally:
         launcher.close()

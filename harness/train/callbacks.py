@@ -15,6 +15,8 @@ from typing import Protocol
 
 from transformers import TrainerCallback
 
+from harness.train.progress_log import StepLog
+
 log = logging.getLogger(__name__)
 
 
@@ -41,6 +43,16 @@ class LossHistory(TrainerCallback):
     def __init__(self, path: Path):
         self.path = path
         self.rows: list[dict] = []
+
+    def resume(self, step: int, write: bool = True) -> None:
+        """Training (re)starts at `step`: keep the file's rows up to it, drop the later ones
+        (logged after the checkpoint a requeued stage resumes from). `write`: rewrite the file
+        (rank 0 of a data-parallel run)."""
+        lines = self.path.read_text().splitlines() if self.path.is_file() else []
+        self.rows = [row for row in map(json.loads, filter(str.strip, lines))
+                     if row.get("step", 0) <= step]
+        if lines and write:
+            self.path.write_text("".join(json.dumps(row) + "\n" for row in self.rows))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero:   # data-parallel: rank 0 keeps the history
@@ -107,6 +119,16 @@ def request_checkpoint(then: Callable[[], None]) -> bool:
     return True
 
 
+def training_stopped() -> None:
+    """Training left (ended, raised or was pruned): later requests are served at once, and a
+    request still pending (training raised before its step ended) is followed up unsaved."""
+    _training[0] = False
+    if _checkpoint_requests:
+        log.warning("training stopped before the requested checkpoint was saved")
+    while _checkpoint_requests:
+        _checkpoint_requests.pop(0)()
+
+
 class CheckpointOnRequest(TrainerCallback):
     """Serves request_checkpoint(): a checkpoint at the next step end, then the follow-ups."""
 
@@ -159,5 +181,7 @@ class LogPruningCallback(TrainerCallback):
 
 def stage_callbacks(history: LossHistory, reporter: Reporter | None, key: str,
                     minimize: bool = False) -> list[TrainerCallback]:
-    """The loss history, plus pruning on `key` when a reporter is given."""
-    return [history] + ([LogPruningCallback(reporter, key, minimize)] if reporter else [])
+    """The loss history, checkpoints on request (preemption), step lines and progress
+    (harness.train.progress_log), plus pruning on `key` when a reporter is given."""
+    return [history, CheckpointOnRequest(), StepLog()] + \
+        ([LogPruningCallback(reporter, key, minimize)] if reporter else [])

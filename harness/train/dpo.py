@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 from harness.train.adapters import loraplus_optimizers
 from harness.train.arguments import preference_args, step_args
 from harness.train.callbacks import LossHistory, Reporter, stage_callbacks
-from harness.train.results import TrainResult, timed_train
+from harness.train.checkpoints import resumable_train
+from harness.train.results import TrainResult
 
 PRUNE_KEY = "rewards/margins"   # logged by DPO, KTO and ORPO: higher is better
 
@@ -56,7 +57,8 @@ def offline_train(trainer_cls, args, model, tokenizer, method: DictConfig, rows:
                   output_dir: Path, reporter: Reporter | None, minimize: bool,
                   **trainer_kwargs) -> TrainResult:
     """One offline preference stage (DPO, KTO, ORPO): the trl trainer on `rows` with the loss
-    log, the pruning reporter (reward margin) and LoRA+ when configured; timed."""
+    log, the pruning reporter (reward margin), LoRA+ when configured, and periodic / on-signal
+    checkpoints in output_dir (a requeued stage resumes from the last one); timed."""
     from datasets import Dataset
 
     history = LossHistory(Path(output_dir) / "loss.jsonl")
@@ -65,4 +67,4 @@ def offline_train(trainer_cls, args, model, tokenizer, method: DictConfig, rows:
                           processing_class=tokenizer,
                           callbacks=stage_callbacks(history, reporter, PRUNE_KEY, minimize),
                           optimizers=loraplus_optimizers(model, method), **trainer_kwargs)
-    return timed_train(trainer, history)
+    return resumable_train(trainer, history)

@@ -9,8 +9,9 @@ from omegaconf import DictConfig
 from harness.train.adapters import loraplus_optimizers
 from harness.train.arguments import preference_args, step_args
 from harness.train.callbacks import LossHistory, Reporter, stage_callbacks
-from harness.train.results import TrainResult, timed_train
-from harness.train.reward import load_reward_model
+from harness.train.checkpoints import resumable_train
+from harness.train.results import TrainResult
+from harness.train.reward import load_reward_model, reward_quantization
 
 PRUNE_KEY = "reward"   # mean reward of the step's completions (GRPO and RLOO): higher is better
 
@@ -37,8 +38,9 @@ def prompt_dataset(prompts: list[str]):
 def online_train(trainer_cls, args, model, tokenizer, reward_dir: str | Path,
                  model_cfg: DictConfig, method: DictConfig, prompts: list[str],
                  output_dir: Path, reporter: Reporter | None, minimize: bool) -> TrainResult:
-    """GRPO/RLOO: `trainer_cls` with the reward stage's model as the reward function."""
-    reward, reward_tok = load_reward_model(reward_dir, model_cfg)
+    """GRPO/RLOO: `trainer_cls` with the reward stage's model as the reward function; resumes
+    from the last checkpoint in output_dir."""
+    reward, reward_tok = load_reward_model(reward_dir, model_cfg, reward_quantization(method))
     history = LossHistory(Path(output_dir) / "loss.jsonl")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     trainer = trainer_cls(model=model, reward_funcs=reward, args=args,
@@ -46,7 +48,7 @@ def online_train(trainer_cls, args, model, tokenizer, reward_dir: str | Path,
                           reward_processing_classes=reward_tok,
                           callbacks=stage_callbacks(history, reporter, PRUNE_KEY, minimize),
                           optimizers=loraplus_optimizers(model, method))
-    return timed_train(trainer, history)
+    return resumable_train(trainer, history)
 
 
 def train_grpo(model, tokenizer, reward_dir: str | Path, method: DictConfig,

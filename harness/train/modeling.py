@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.config.distributed import fsdp_mode
 from harness.config.methods import LORA_INITS as LORA_INIT_NAMES
 from harness.registry import PEFT_METHODS
+from harness.train import placement
 
 if TYPE_CHECKING:
     import torch
@@ -21,27 +24,48 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype named `name` (one of DTYPES)."""
+    """The torch dtype named `name` (one of DTYPES, or `auto`: bfloat16 / float16 / float32 as
+    this process's device supports, harness.train.placement.resolve_dtype)."""
     import torch
 
+    if name == "auto":
+        name = placement.resolve_dtype(name, placement.detect())
     if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {name!r}")
+        raise ValueError(f"dtype must be one of {list(DTYPES)} or auto, got {name!r}")
     return getattr(torch, name)
 
 
 def device() -> torch.device:
+    """This process's device: cuda:<LOCAL_RANK> on a GPU, else cpu (harness.train.placement)."""
     import torch
 
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(placement.device_name(placement.detect()))
 
 
-def model_source(model_cfg: DictConfig) -> dict:
-    """from_pretrained kwargs naming where the weights come from (hub id or local path)."""
-    kwargs = {"pretrained_model_name_or_path": str(model_cfg.path),
-              "trust_remote_code": bool(model_cfg.trust_remote_code)}
-    if model_cfg.source == "hub" and model_cfg.get("revision"):
+def model_source(model_cfg: DictConfig, path: str | Path | None = None) -> dict:
+    """from_pretrained kwargs naming where the weights come from (hub id + revision, or a
+    local path) and whether the model's own code may run. `path`: a folder saved from this
+    model (a stage's model/) to load instead; the hub revision applies to the hub id only."""
+    base = model_cfg.get("path")
+    where = str(base) if path is None else str(path)
+    kwargs = {"pretrained_model_name_or_path": where,
+              "trust_remote_code": bool(model_cfg.get("trust_remote_code", False))}
+    if model_cfg.get("source") == "hub" and model_cfg.get("revision") and where == str(base):
         kwargs["revision"] = model_cfg.revision
     return kwargs
+
+
+def model_kwargs(model_cfg: DictConfig, quant: DictConfig | None = None,
+                 path: str | Path | None = None, fsdp: bool = False) -> dict:
+    """Every from_pretrained kwarg of a model load, the one builder for the policy, the
+    reference, the reward and the value model: source (+ revision, trust_remote_code),
+    dtype, attn_implementation, bitsandbytes settings (`quant.bits`) and this process's
+    device map (harness.train.placement; None under FSDP)."""
+    bnb = quantization_config(quant) if quant is not None else None
+    return {**model_source(model_cfg, path), "dtype": torch_dtype(str(model_cfg.dtype)),
+            "attn_implementation": model_cfg.get("attn_implementation", "sdpa"),
+            "quantization_config": bnb,
+            "device_map": placement.device_map(placement.detect(), fsdp=fsdp)}
 
 
 def load_tokenizer(model_cfg: DictConfig):
@@ -71,19 +95,16 @@ def quantization_config(quant: DictConfig):
     )
 
 
-def load_base_model(model_cfg: DictConfig, quant: DictConfig | None = None):
-    """The base causal LM on this machine's device, quantized if `quant.bits` is set."""
+def load_base_model(model_cfg: DictConfig, quant: DictConfig | None = None,
+                    fsdp: bool = False, path: str | Path | None = None):
+    """The base causal LM (or the model saved at `path`: a stage's model/) on this process's
+    device (each data-parallel rank its own GPU; FSDP: left to accelerate), quantized if
+    `quant.bits` is set."""
     from transformers import AutoModelForCausalLM
 
-    bnb = quantization_config(quant) if quant is not None else None
-    model = AutoModelForCausalLM.from_pretrained(
-        **model_source(model_cfg),
-        dtype=torch_dtype(model_cfg.dtype),
-        attn_implementation=model_cfg.get("attn_implementation", "sdpa"),
-        quantization_config=bnb,
-        device_map={"": str(device())},
-    )
-    if bnb is not None:
+    model = AutoModelForCausalLM.from_pretrained(**model_kwargs(model_cfg, quant, path=path,
+                                                                fsdp=fsdp))
+    if quant is not None and quant.get("bits") is not None:
         disable_bnb_cpu_inference_repack(model)
     return model
 
@@ -145,7 +166,8 @@ def load_trial_model(model_cfg: DictConfig, method: DictConfig):
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     tokenizer = load_tokenizer(model_cfg)
-    model = load_base_model(model_cfg, method.quantization)
+    model = load_base_model(model_cfg, method.quantization,
+                            fsdp=fsdp_mode(method.train) is not None)   # FSDP: no device map
     checkpointing = bool(method.train.get("gradient_checkpointing", False))
     if method.quantization.get("bits") is not None:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=checkpointing)

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from harness.train.arguments import preference_args
 from harness.train.callbacks import LossHistory, Reporter, stage_callbacks
+from harness.train.checkpoints import resumable_train
 from harness.train.dpo import frozen_copy
-from harness.train.modeling import lora_config, torch_dtype
+from harness.train.modeling import load_base_model, lora_config, model_source
+from harness.train.ppo_resume import ppo_trainer_class, run_ppo
 from harness.train.results import TrainResult
-from harness.train.reward import load_reward_model
+from harness.train.reward import load_reward_model, load_value_model, reward_quantization
 
 PRUNE_KEY = "objective/scores"   # mean reward-model score of the rollouts: higher is better
 
@@ -64,34 +65,32 @@ def train_ppo(sft_dir: str | Path, reward_dir: str | Path, method: DictConfig,
               seed: int, reporter: Reporter | None = None,
               minimize: bool = False) -> tuple[object, object, TrainResult]:
     """PPO (trl.experimental.ppo) from the SFT policy against the reward stage; value model
-    initialized from the reward model. Returns (policy, tokenizer, result). `reporter`: the
-    rollouts' mean score goes to the study for pruning."""
+    initialized from the reward model (LoRA on it with a LoRA policy: load_value_model). Every
+    model on this process's device with the model options. Returns (policy, tokenizer,
+    result). `reporter`: the rollouts' mean score goes to the study for pruning."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
-    from trl.experimental.ppo import PPOTrainer
+    from transformers import AutoTokenizer, GenerationConfig
 
-    tokenizer = AutoTokenizer.from_pretrained(str(sft_dir), padding_side="left")
+    tokenizer = AutoTokenizer.from_pretrained(**model_source(model_cfg, sft_dir),
+                                              padding_side="left")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    dtype = torch_dtype(model_cfg.dtype)
-    policy = AutoModelForCausalLM.from_pretrained(str(sft_dir), dtype=dtype)
+    # every model on this process's device with the model options (modeling.model_kwargs)
+    policy = load_base_model(model_cfg, path=sft_dir)
     lora = method.peft == "lora"
-    ref = None if lora else frozen_copy(AutoModelForCausalLM.from_pretrained(str(sft_dir),
-                                                                             dtype=dtype))
-    reward, _ = load_reward_model(reward_dir, model_cfg)
-    value, _ = load_reward_model(reward_dir, model_cfg)
+    ref = None if lora else frozen_copy(policy)   # LoRA: the adapter-disabled policy
+    reward, _ = load_reward_model(reward_dir, model_cfg, reward_quantization(method))
+    value = load_value_model(reward_dir, model_cfg, method)   # LoRA on the reward model
     args = ppo_args(method, model_cfg, output_dir, seed)
     history = LossHistory(Path(output_dir) / "loss.jsonl")
     Path(output_dir).mkdir(parents=True, exist_ok=True)
+    PPOTrainer = ppo_trainer_class()   # trl's, with the value model in its checkpoints
     trainer = PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref,
                          reward_model=reward, value_model=value,
                          train_dataset=_prompt_dataset(tokenizer, prompts),
                          peft_config=lora_config(method.lora) if lora else None,
                          callbacks=stage_callbacks(history, reporter, PRUNE_KEY, minimize))
-    start = time.perf_counter()
-    trainer.train()
-    result = TrainResult(seconds=time.perf_counter() - start, steps=trainer.state.global_step,
-                         loss_history=history.rows)
+    result = resumable_train(trainer, history, run=run_ppo)   # trl's loop cannot resume
     trained = getattr(trainer.model, "policy", policy)
     if hasattr(trained, "merge_and_unload"):
         trained = trained.merge_and_unload()

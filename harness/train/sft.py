@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -12,16 +11,12 @@ from transformers import TrainerCallback
 from harness.train.adapters import loraplus_optimizers
 from harness.train.arguments import sft_config
 from harness.train.callbacks import CheckpointOnRequest, LossHistory, PruningCallback, Reporter
+from harness.train.checkpoints import resumable_train
+from harness.train.fsdp import gather_trained, require_sharded
+from harness.train.progress_log import StepLog
 from harness.train.results import TrainResult
 
 log = logging.getLogger(__name__)
-
-
-def last_checkpoint(output_dir: Path) -> str | None:
-    """The newest `checkpoint-N` folder under output_dir (for preemption resume)."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
 
 
 def train_sft(model, tokenizer, method: DictConfig, model_cfg: DictConfig, train_rows: list,
@@ -32,10 +27,11 @@ def train_sft(model, tokenizer, method: DictConfig, model_cfg: DictConfig, train
     from trl import SFTTrainer
 
     history = LossHistory(Path(log_dir or output_dir) / "loss.jsonl")
-    callbacks: list[TrainerCallback] = [history, CheckpointOnRequest()]
+    callbacks: list[TrainerCallback] = [history, CheckpointOnRequest(), StepLog()]
     if reporter is not None and eval_rows:
         callbacks.append(PruningCallback(reporter))
-    args = sft_config(method, model_cfg, output_dir, seed, has_eval=bool(eval_rows))
+    args = sft_config(method, model_cfg, output_dir, seed, has_eval=bool(eval_rows),
+                      model=model)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -45,15 +41,11 @@ def train_sft(model, tokenizer, method: DictConfig, model_cfg: DictConfig, train
         callbacks=callbacks,
         optimizers=loraplus_optimizers(model, method),   # LoRA+ when lora.loraplus_lr_ratio
     )
-    checkpoint = last_checkpoint(output_dir)
-    resumed = int(Path(checkpoint).name.split("-")[-1]) if checkpoint else 0
-    if checkpoint:
-        log.info("resuming from %s", checkpoint)
+    require_sharded(trainer, method.train)   # method.train.fsdp: FSDP or a one-line error
     if args.world_size > 1:
-        log.info("data-parallel training on %d processes", args.world_size)
-    start = time.perf_counter()
-    trainer.train(resume_from_checkpoint=checkpoint)
-    seconds = time.perf_counter() - start
-    return TrainResult(seconds=seconds, steps=trainer.state.global_step,
-                       resumed_from_step=resumed, loss_history=history.rows,
-                       tokens=int(trainer.state.num_input_tokens_seen) or None)
+        log.info("data-parallel training on %d processes%s", args.world_size,
+                 f" (FSDP {method.train.fsdp})" if trainer.is_fsdp_enabled else "")
+    result = resumable_train(trainer, history,
+                             tokens=lambda t: int(t.state.num_input_tokens_seen) or None)
+    result.model = gather_trained(trainer, method.train)   # FSDP: rank 0's unsharded model
+    return result

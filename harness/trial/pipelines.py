@@ -117,6 +117,8 @@ class SftPipeline:
         result = train_sft(model, tokenizer, cfg.method, cfg.model, train_rows, eval_rows,
                            output_dir=ctx.trial_dir / CHECKPOINTS_DIR, seed=ctx.seed,
                            reporter=reporter(ctx), log_dir=ctx.trial_dir)
+        if result.model is not None:   # FSDP: rank 0's gathered copy of the sharded model
+            model, result.model = result.model, None
         return Trained(model, tokenizer, result, params)
 
 
@@ -161,7 +163,7 @@ class ChainedPipeline:
         model, tokenizer, result, notes = self.train_policy(ctx, chain)
         final = Stage(kind, str(ctx.trial_dir / MODEL_DIR),
                       stage_hash(plain(cfg.method), chain[-1].hash if chain else base_hash(cfg)),
-                      False, result.seconds)
+                      False, result.seconds, resumed_from_step=result.resumed_from_step)
         notes["stages_reused"] = [s.name for s in chain if s.reused]
         reference = chain[0] if chain else None
         trained = Trained(model, tokenizer, result, count_parameters(model), [*chain, final],
@@ -250,7 +252,9 @@ class PpoPipeline(ChainedPipeline):
         model, tokenizer, result = train_ppo(sft_dir, reward_dir, method, cfg.model, prompts,
                                              ctx.trial_dir / "ppo", ctx.seed, **pruning(ctx))
         return model, tokenizer, result, {"ppo_reference": _online_reference(method),
-                                          "value_model_init": str(reward_dir)}
+                                          "value_model_init": str(reward_dir),
+                                          "value_model": "LoRA + score head on the reward "
+                                          "model" if method.peft == "lora" else "full copy"}
 
 
 class GrpoPipeline(ChainedPipeline):

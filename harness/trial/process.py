@@ -69,8 +69,9 @@ def _device(torch) -> dict:
     environment and GPU-/CPU-hours."""
     if torch.cuda.is_available():
         return {"type": "cuda", "name": torch.cuda.get_device_name(0), "count": _WORLD_SIZE,
-                "visible": torch.cuda.device_count()}
-    return {"type": "cpu", "name": _cpu_name(), "threads": torch.get_num_threads()}
+                "visible": torch.cuda.device_count(), "processes": _WORLD_SIZE}
+    return {"type": "cpu", "name": _cpu_name(), "threads": torch.get_num_threads(),
+            "processes": _WORLD_SIZE}   # ranks of a data-parallel (torchrun) trial
 
 
 def _cpu_name() -> str:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from harness import progress
 from harness.eval.battery import run_battery
 from harness.layout import CONFIG_FILE, LOG_FILE, MODEL_DIR
 from harness.records import (
@@ -36,6 +37,7 @@ from harness.records import (
     write_record,
 )
 from harness.registry import METHOD_KINDS
+from harness.train.checkpoints import remove_checkpoints
 from harness.trial.pipelines import BasePipeline, Trained, TrialContext
 from harness.trial.process import leave_data_parallel, rank, record_machine, setup_process
 from harness.trial.saved import (
@@ -59,6 +61,9 @@ def run_trial(trial_dir: str | Path, job: dict | None = None) -> TrialRecord:
     cfg, spec = read_trial_config(trial_dir)
     record = new_record(cfg, spec, trial_dir, job)
     start = time.perf_counter()
+    if rank() == 0:   # trial_dir/progress.json: stage and step, for the driver's bar
+        interval = float(cfg.launcher.get("progress_interval_s", progress.MIN_INTERVAL_S))
+        progress.start(trial_dir, interval).update("setup", force=True)
     try:
         setup_process(spec)
         run_pipeline(TrialContext(cfg, spec, trial_dir), record)
@@ -67,8 +72,10 @@ def run_trial(trial_dir: str | Path, job: dict | None = None) -> TrialRecord:
         record_failure(record, exc, trial_dir)
     record.wall_seconds = time.perf_counter() - start
     record_machine(record)
+    progress.report("done", record.status, force=True)
     if rank() == 0:   # data-parallel: rank 0 writes the record
         write_record(record, trial_dir)
+        remove_checkpoints(trial_dir)   # kept for a requeue until the trial has its record
     return record
 
 
@@ -81,6 +88,7 @@ def run_pipeline(ctx: TrialContext, record: TrialRecord) -> None:
     if leave_data_parallel():   # data-parallel: rank 0 goes on alone to save and evaluate
         return
     if trained.result is not None:
+        progress.report("save", force=True)
         save_model(trained, ctx.trial_dir / MODEL_DIR, record)
         reload_saved(ctx, trained, record)   # every number below is of the saved files
     run_battery(trained.model, trained.tokenizer, ctx.cfg, spec=ctx.spec).fill(record)
@@ -113,6 +121,7 @@ def reload_saved(ctx: TrialContext, trained: Trained, record: TrialRecord) -> No
 def score_preferences(ctx: TrialContext, trained: Trained, record: TrialRecord) -> None:
     """The preference metrics against the sweep's scoring reward model (if any)."""
     start = time.perf_counter()
+    progress.report("eval", "preference", force=True)
     scorer = scoring_stage(ctx)   # the sweep's reward model: trained by the first trial
     if scorer is None:
         record.extra["preference_metrics"] = SKIPPED

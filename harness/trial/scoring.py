@@ -17,6 +17,7 @@ from harness.trial.stages import (
     base_hash,
     cached_json,
     plain,
+    reward_method,
     reward_stage,
     stage_hash,
     stage_model_cfg,
@@ -51,10 +52,12 @@ def preference_metrics(ctx: TrialContext, trained: Trained, scorer: Stage) -> Pr
     (the SFT stage of a chained method, else the base model) figures go to `extra`."""
     cfg, reference = ctx.cfg, trained.reference
     rows, prompts = metric_rows(cfg.data)
-    rm = load_reward_model(Path(scorer.dir) / "model", cfg.model)
+    block = reward_method(cfg)   # on the trial's device, quantized and truncated as set
+    rm = load_reward_model(Path(scorer.dir) / "model", cfg.model, block.get("quantization"))
+    length = int(block.max_length)
     ours = policy_eval(trained.model, trained.tokenizer, rows, prompts, rm,
-                       cfg.data.preference.metrics)
-    ref = _reference_eval(ctx, reference, scorer, rows, prompts, rm)
+                       cfg.data.preference.metrics, max_length=length)
+    ref = _reference_eval(ctx, reference, scorer, rows, prompts, rm, length)
     name = "sft" if reference is not None else "base"
     samples = list(zip(prompts, ours["generations"], ours["scores"], ref["scores"],
                        strict=True))[:4]
@@ -69,7 +72,7 @@ def preference_metrics(ctx: TrialContext, trained: Trained, scorer: Stage) -> Pr
 
 
 def _reference_eval(ctx: TrialContext, reference: Stage | None, scorer: Stage,
-                    rows: list[dict], prompts: list[str], rm) -> dict:
+                    rows: list[dict], prompts: list[str], rm, max_length: int) -> dict:
     """The reference policy's preference eval, cached in its stage dir per scorer/settings."""
     cfg = ctx.cfg
     settings = stage_hash({"metrics": plain(cfg.data.preference.metrics),
@@ -80,6 +83,7 @@ def _reference_eval(ctx: TrialContext, reference: Stage | None, scorer: Stage,
     def build() -> dict:
         model_cfg = stage_model_cfg(cfg.model, reference) if reference else cfg.model
         model, tok = load_base_model(model_cfg), load_tokenizer(model_cfg)
-        return policy_eval(model, tok, rows, prompts, rm, cfg.data.preference.metrics)
+        return policy_eval(model, tok, rows, prompts, rm, cfg.data.preference.metrics,
+                           max_length=max_length)
 
     return cached_json(folder / f"pref_eval-{settings}.json", build)

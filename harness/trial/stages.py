@@ -28,11 +28,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from harness import layout
-from harness.config.compose import conf_dir
+from harness.config.scale import reward_block
 from harness.data.preference import preference_rows
 from harness.data.sft import sft_rows
 from harness.records import TrialSpec, package_versions
-from harness.train.modeling import load_base_model, load_trial_model
+from harness.train.modeling import load_base_model, load_trial_model, model_source
 from harness.train.reward import train_reward
 from harness.train.sft import train_sft
 
@@ -54,6 +54,7 @@ class Stage:
     role: str = "chain"
     extra: dict = field(default_factory=dict)
     key: dict = field(default_factory=dict)   # what the hash covers (cached_stage)
+    resumed_from_step: int = 0   # the checkpoint step its training resumed at (0: from start)
 
 
 def plain(node) -> object:
@@ -148,10 +149,12 @@ def cached_stage(root: Path, name: str, config: dict, input_hash: str | None,
             info = json.loads((out / STAGE_FILE).read_text())
             log.info("stage %s reused from %s", name, out)
             return Stage(name, str(out), digest, True, info.get("seconds", 0.0),
-                         extra=info.get("extra", {}), key=info.get("key", key))
+                         extra=info.get("extra", {}), key=info.get("key", key),
+                         resumed_from_step=int(info.get("extra", {}).get("resumed_from_step", 0)))
         tmp = root / f".{name}-{digest}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        if tmp.is_dir():   # a build cut short (requeue, preemption): its checkpoints resume it
+            log.info("stage %s: resuming the half-built %s", name, tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "stage_config.json").write_text(json.dumps(config, indent=2, default=str))
         log.info("stage %s: building %s", name, out)
         start = time.perf_counter()
@@ -162,7 +165,8 @@ def cached_stage(root: Path, name: str, config: dict, input_hash: str | None,
         (tmp / STAGE_FILE).write_text(json.dumps(info, indent=2, default=str))
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
-    return Stage(name, str(out), digest, False, seconds, extra=extra, key=key)
+    return Stage(name, str(out), digest, False, seconds, extra=extra, key=key,
+                 resumed_from_step=int(extra.get("resumed_from_step", 0)))
 
 
 def cached_json(path: Path, build: Callable[[], dict]) -> dict:
@@ -191,11 +195,12 @@ def stage_model_cfg(model_cfg: DictConfig, stage: Stage) -> DictConfig:
 
 
 def reward_method(cfg: DictConfig) -> DictConfig:
-    """The reward stage config: method.reward (ppo/grpo), else conf/method/_reward.yaml."""
+    """The reward stage config: method.reward (ppo/grpo/rloo), else conf/method/_reward.yaml
+    with the scale's reward settings (harness.config.scale)."""
     if cfg.method.get("reward") is not None:
         return cfg.method.reward
     root = OmegaConf.create(plain(cfg))
-    root._reward = OmegaConf.load(conf_dir() / "method" / "_reward.yaml")
+    root._reward = reward_block(cfg)   # + the scale's reward settings (harness.config.scale)
     return OmegaConf.create(plain(root._reward))
 
 
@@ -228,9 +233,9 @@ def _build_sft(cfg: DictConfig, tmp: Path) -> dict:
                        output_dir=tmp / "checkpoints", seed=int(cfg.seed), log_dir=tmp)
     merged_model(model, cfg.model, sft, tmp).save_pretrained(tmp / "model")
     tokenizer.save_pretrained(tmp / "model")
-    shutil.rmtree(tmp / "checkpoints", ignore_errors=True)
+    shutil.rmtree(tmp / "checkpoints", ignore_errors=True)   # the stage's model is saved
     return {"train_seconds": result.seconds, "steps": result.steps,
-            "loss_history": result.loss_history}
+            "resumed_from_step": result.resumed_from_step, "loss_history": result.loss_history}
 
 
 def sft_stage(cfg: DictConfig, root: Path) -> Stage:
@@ -269,16 +274,18 @@ def reward_stage(cfg: DictConfig, root: Path, sft: Stage | None = None) -> Stage
         model, result = train_reward(init_dir, method, cfg.model, rows, tmp / "train",
                                      int(cfg.seed))
         model.save_pretrained(tmp / "model")
-        _tokenizer(init_dir).save_pretrained(tmp / "model")
-        shutil.rmtree(tmp / "train", ignore_errors=True)
+        _tokenizer(init_dir, cfg.model).save_pretrained(tmp / "model")
+        shutil.rmtree(tmp / "train", ignore_errors=True)   # checkpoints: the model is saved
         return {"train_seconds": result.seconds, "steps": result.steps, "init": init_dir,
+                "resumed_from_step": result.resumed_from_step,
                 "loss_history": result.loss_history}
 
     inputs = [rows_spec.get("path"), None if from_sft else model_folder(cfg.model)]
     return cached_stage(root, "reward", config, input_hash, build, inputs)
 
 
-def _tokenizer(path: str):
+def _tokenizer(path: str, model_cfg: DictConfig):
+    """The tokenizer at `path` with the model's options (hub revision, trust_remote_code)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path)
+    return AutoTokenizer.from_pretrained(**model_source(model_cfg, path))

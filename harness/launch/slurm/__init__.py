@@ -6,6 +6,7 @@
                SlurmTrialJob (ended or not, and why)
     job        job side, on the compute node: TrialTask (run_trial, or torchrun of it),
                PreemptionHandler (SIGTERM / SIGUSR2: checkpoint first)
+    task       job side of a task (registry.TASKS, e.g. re-scoring a saved model): TaskRun
 
 `job.json` in the trial folder names the job, so a restarted driver finds it again.
 """

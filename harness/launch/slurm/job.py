@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -22,7 +21,9 @@ import submitit
 from omegaconf import DictConfig
 
 from harness.launch.slurm.queue import run_command
+from harness.launch.torchrun import data_parallel, torchrun_command
 from harness.layout import LOG_FILE, RESULT_FILE
+from harness.progress import QUIET_BARS
 from harness.records import TrialSpec, read_trial_config
 from harness.registry import TRIAL_ENTRY, resolve
 
@@ -47,6 +48,8 @@ class TrialTask(submitit.helpers.Checkpointable):
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        for name, value in QUIET_BARS.items():   # no \r-redrawn library bars in the log
+            os.environ.setdefault(name, value)
         info = job_info()
         first_task = submitit.JobEnvironment().global_rank == 0
         if first_task:
@@ -66,18 +69,16 @@ class TrialTask(submitit.helpers.Checkpointable):
     def _data_parallel(self, cfg: DictConfig, spec: TrialSpec) -> bool:
         """Several processes for this trial: SFT training only (not the base model's eval,
         nor the chained dpo/ppo/grpo stages, which run as one process)."""
-        if self.nproc * self.nodes == 1 or spec.baseline:
-            return False
+        processes = self.nproc * self.nodes
         kind = cfg.method.get("kind", "sft")
-        if kind != "sft":
+        if processes > 1 and not spec.baseline and kind != "sft":
             log.warning("data-parallel runs SFT trials only: method kind %s runs as one process",
                         kind)
-        return kind == "sft"
+        return data_parallel(cfg, spec, processes)
 
     def _torchrun(self, trial_dir: str, info: dict) -> str:
-        cmd = torchrun_command(trial_dir, self.nproc, info, self.nodes,
-                               int(os.environ.get("SLURM_NODEID", 0)), master_address(),
-                               master_port())
+        cmd = torchrun_command(trial_dir, self.nproc, info, self.nodes, task_rank(),
+                               master_address(), master_port())
         log.info("data-parallel: %s", shlex.join(cmd))
         previous = signal.signal(signal.SIGUSR2, signal.SIG_IGN)  # ranks inherit: ignore USR2
         try:
@@ -197,16 +198,7 @@ def master_port() -> int:
     return 20000 + int(os.environ.get("SLURM_JOB_ID", "0") or 0) % 20000
 
 
-def torchrun_command(trial_dir: str | Path, nproc: int, job_info: dict, nodes: int = 1,
-                     node_rank: int = 0, master: str = "127.0.0.1",
-                     port: int = 29500) -> list[str]:
-    """The data-parallel command of one node: torchrun with `nproc` ranks of
-    `python -m harness.trial TRIAL_DIR --job-info JSON` (the ranks copy `job_info` into the
-    record)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
-    if nodes == 1:
-        cmd.append("--standalone")
-    else:
-        cmd += [f"--nnodes={nodes}", f"--node-rank={node_rank}", f"--master-addr={master}",
-                f"--master-port={port}"]
-    return cmd + ["-m", "harness.trial", str(trial_dir), "--job-info", json.dumps(job_info)]
+def task_rank() -> int:
+    """This task's index in the job (SLURM_PROCID, submitit's global rank): the torchrun node
+    rank of its agent, one task per node (harness.launch.torchrun)."""
+    return int(os.environ.get("SLURM_PROCID", "0") or 0)

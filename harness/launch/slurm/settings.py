@@ -8,12 +8,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.config import distributed
+
 
 def nproc_per_node(launcher: DictConfig) -> int:
-    """Processes per node of one trial: nproc_per_node, else one per GPU, else 1."""
-    if launcher.get("nproc_per_node"):
-        return int(launcher.nproc_per_node)
-    return max(1, int(launcher.get("gpus_per_node") or 0))
+    """Processes per node of one trial: nproc_per_node, else one per GPU, else 1 (the rule
+    the config checks use too: harness.config.distributed)."""
+    return distributed.nproc_per_node(launcher)
 
 
 def sbatch_parameters(launcher: DictConfig) -> dict:

@@ -38,6 +38,7 @@ from harness.launch.slurm.settings import (
     sbatch_parameters,
     sized_parameters,
 )
+from harness.launch.slurm.task import TaskRun
 from harness.layout import RESULT_FILE
 from harness.records import read_trial_config
 
@@ -52,8 +53,10 @@ class SlurmTrialJob:
     """A trial's SLURM job (or array task), seen from the driver."""
 
     def __init__(self, trial_dir: Path, job_id: str, folder: Path, queue: SlurmQueue,
-                 timeout_min: float, started: float | None = None):
+                 timeout_min: float, started: float | None = None,
+                 marker: str | None = RESULT_FILE):
         self.trial_dir, self.job_id, self.folder = Path(trial_dir), str(job_id), Path(folder)
+        self.marker = marker   # the file whose presence means it ended (None: a task's job)
         self.queue, self.timeout_min = queue, timeout_min
         self.started = time.time() if started is None else started   # submission time
         self.job = submitit.SlurmJob(folder=self.folder, job_id=self.job_id)
@@ -73,7 +76,8 @@ class SlurmTrialJob:
         return False
 
     def _ended(self) -> bool:
-        if (self.trial_dir / RESULT_FILE).exists() or self.paths.result_pickle.exists():
+        if (self.marker and (self.trial_dir / self.marker).exists()) \
+                or self.paths.result_pickle.exists():
             return True
         status = self.queue.get(self.job_id)
         if status is None:
@@ -212,6 +216,22 @@ class SlurmLauncher:
         if status is None or status.state not in ACTIVE_STATES | {"PREEMPTED"}:
             return None
         return job
+
+    def submit_task(self, kind: str, folder: Path) -> SlurmTrialJob:
+        """A task (registry.TASKS, e.g. re-scoring) on a finished folder as its own job: a
+        trial's resources on one node (`<job_name>-<kind>`), its log linked as `<kind>.log`."""
+        executor = self._executor()
+        executor.update_parameters(**{**self.params, "nodes": 1,
+                                      "job_name": f"{self.params['job_name']}-{kind}"})
+        try:
+            with submitit.helpers.clean_env():
+                sub = executor.submit(TaskRun(kind), str(folder))
+        except FailedJobError as exc:
+            raise SubmitError(f"sbatch refused the {kind} job: {sbatch_error(str(exc))} "
+                              f"({request_text(executor.parameters)})") from None
+        log.info("%s of %s -> SLURM job %s", kind, Path(folder).name, sub.job_id)
+        return SlurmTrialJob(folder, sub.job_id, self.folder, self.queue,
+                             float(self.cfg.timeout_min), marker=None)
 
     def close(self) -> None:
         """Nothing to release: queued and running jobs outlive the driver (re-attached)."""

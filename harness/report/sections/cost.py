@@ -14,7 +14,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from harness.records import TrialRecord
-from harness.report.figures import Figures, color
+from harness.report.figures import Figures, color, scatter_trace
 from harness.report.html import e, fmt_hours, fmt_mb, fmt_pct, note, params_text, table
 from harness.sweep.results import (
     SweepData,
@@ -120,15 +120,16 @@ def render_cost(info: CostInfo, figs: Figures) -> str:
     return head + figs.html(fig, 440) + "".join(tables)
 
 
-def _scatter(points: list[CostPoint], method: str, colour: str, legend: bool) -> go.Scatter:
+def _scatter(points: list[CostPoint], method: str, colour: str,
+             legend: bool) -> go.Scatter | go.Scattergl:
     numbers = [p.number for p in points]
-    return go.Scatter(x=np.array([p.cost for p in points], dtype=float),
-                      y=np.array([p.value for p in points], dtype=float), mode="markers",
-                      name=method, legendgroup=method, showlegend=legend,
-                      marker={"color": colour, "size": 6, "opacity": 0.6},
-                      customdata=np.array(numbers, dtype=int if numbers else float),
-                      hovertemplate="trial #%{customdata}: %{y:.4g} at %{x:.4g}"
-                                    "<extra></extra>")
+    trace = scatter_trace(len(points))
+    return trace(x=np.array([p.cost for p in points], dtype=float),
+                 y=np.array([p.value for p in points], dtype=float), mode="markers",
+                 name=method, legendgroup=method, showlegend=legend,
+                 marker={"color": colour, "size": 6, "opacity": 0.6},
+                 customdata=np.array(numbers, dtype=int if numbers else float),
+                 hovertemplate="trial #%{customdata}: %{y:.4g} at %{x:.4g}<extra></extra>")
 
 
 def _front_table(front: tuple[FrontRow, ...], metric: str) -> str:

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from plotly.subplots import make_subplots
 
 from harness.records import COMPLETE
-from harness.report.figures import Figures, color
+from harness.report.figures import Figures, color, scatter_trace
 from harness.report.html import e, note, table
 from harness.report.kinds import ReportSettings, is_quality
 from harness.sweep.results import SweepData, num
@@ -148,16 +148,16 @@ def _metric_figure(info: MetricsInfo, panel: MetricPanel) -> tuple[go.Figure, in
 
 
 def _scatter(points: ParamPoints, axis: ParamAxis, metric: str, index: int,
-             legend: bool) -> go.Scatter:
+             legend: bool) -> go.Scatter | go.Scattergl:
     xs = np.array(points.x, dtype=object) if axis.categorical else np.array(points.x,
                                                                             dtype=float)
-    return go.Scatter(x=xs, y=np.array(points.y, dtype=float), mode="markers",
-                      name=points.method, legendgroup=points.method, showlegend=legend,
-                      marker={"color": color(index), "size": 7, "opacity": 0.75},
-                      customdata=np.array(points.numbers, dtype=int if points.numbers
-                                          else float),
-                      hovertemplate=f"trial #%{{customdata}}<br>{e(axis.name)}=%{{x}}<br>"
-                                    f"{e(metric)}=%{{y}}<extra></extra>")
+    trace = go.Scatter if axis.categorical else scatter_trace(len(xs))
+    return trace(x=xs, y=np.array(points.y, dtype=float), mode="markers",
+                 name=points.method, legendgroup=points.method, showlegend=legend,
+                 marker={"color": color(index), "size": 7, "opacity": 0.75},
+                 customdata=np.array(points.numbers, dtype=int if points.numbers else float),
+                 hovertemplate=f"trial #%{{customdata}}<br>{e(axis.name)}=%{{x}}<br>"
+                               f"{e(metric)}=%{{y}}<extra></extra>")
 
 
 def _base_lines(base: float | None, subplots: int) -> list[dict]:

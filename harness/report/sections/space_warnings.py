@@ -17,12 +17,12 @@ import optuna
 from omegaconf import OmegaConf
 
 from harness.records import COMPLETE, PRUNED
-from harness.report.figures import Figures
+from harness.report.figures import Figures, report_study
 from harness.report.html import e, fmt
 from harness.report.kinds import ReportSettings
 from harness.report.sections.diagnostics import EMBEDDED_JUDGE_NOTE, extract_judge
-from harness.report.sections.optuna_plots import importance_evaluator
-from harness.sweep.results import SweepData, quiet
+from harness.report.sections.optuna_plots import param_importances
+from harness.sweep.results import SweepData
 
 
 @dataclass(frozen=True)
@@ -144,16 +144,12 @@ def _edges(name: str, spec: dict, top: list, fraction: float) -> list[EdgeWarnin
 
 
 def _unimportant(data: SweepData, floor: float) -> tuple[tuple[LowImportance, ...], str | None]:
-    done = data.plot_study.get_trials(deepcopy=False,
+    done = report_study(data).get_trials(deepcopy=False,
                                       states=(optuna.trial.TrialState.COMPLETE,))
     if len(done) < 4:
         return (), f"importance not checked: needs >= 4 completed trials (has {len(done)})"
-    evaluator, _ = importance_evaluator(len(done))
     try:
-        with quiet():
-            target = (lambda t: t.values[0]) if len(data.objectives) > 1 else None
-            values = optuna.importance.get_param_importances(
-                data.plot_study, evaluator=evaluator, target=target)
+        values = param_importances(report_study(data), len(data.objectives) > 1)
     except Exception as exc:  # noqa: BLE001 - a warning must not sink the summary
         return (), f"importance not checked: {type(exc).__name__}: {exc}"
     return tuple(LowImportance(k, float(v)) for k, v in values.items() if v < floor), None

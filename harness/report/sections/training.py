@@ -13,7 +13,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from harness.records import TrialRecord
-from harness.report.figures import Figures, color
+from harness.report.figures import Figures, color, webgl
 from harness.report.html import e, note
 from harness.sweep.results import NO_RESULT, SweepData, num
 
@@ -117,19 +117,48 @@ def render_resources(info: ResourcesInfo, figs: Figures) -> str:
     if not info.rows:
         return note("No trial has a record yet.")
     rows = info.rows
-    xs = [f"#{r.number}" for r in rows]
-    hover = [f"{r.status} {r.method}" for r in rows]
-    time_fig = go.Figure([go.Bar(x=xs, y=[r.train_seconds for r in rows], name="train",
+    if webgl(len(rows)):
+        return _resources_points(rows, figs)
+    # numpy arrays, not lists: plotly validates a list element by element (seconds at 5,000
+    # trials) and takes an array as it is.
+    xs = np.array([f"#{r.number}" for r in rows])
+    hover = np.array([f"{r.status} {r.method}" for r in rows])
+    time_fig = go.Figure([go.Bar(x=xs, y=_column(rows, "train_seconds"), name="train",
                                  hovertext=hover),
-                          go.Bar(x=xs, y=[r.eval_seconds for r in rows], name="eval",
+                          go.Bar(x=xs, y=_column(rows, "eval_seconds"), name="eval",
                                  hovertext=hover),
-                          go.Scatter(x=xs, y=[r.wall_seconds for r in rows], name="wall",
+                          go.Scatter(x=xs, y=_column(rows, "wall_seconds"), name="wall",
                                      mode="markers", hovertext=hover)])
     time_fig.update_layout(barmode="stack", title="seconds per trial", xaxis_type="category")
-    mem_fig = go.Figure([go.Bar(x=xs, y=[r.peak_rss_mb for r in rows], name="peak RSS MB",
+    mem_fig = go.Figure([go.Bar(x=xs, y=_column(rows, "peak_rss_mb"), name="peak RSS MB",
                                 hovertext=hover),
-                         go.Bar(x=xs, y=[r.gpu_max_allocated_mb for r in rows],
+                         go.Bar(x=xs, y=_column(rows, "gpu_max_allocated_mb"),
                                 name="GPU max allocated MB", hovertext=hover)])
     mem_fig.update_layout(barmode="group", title="memory per trial (MB)",
                           xaxis_type="category")
     return figs.html(time_fig, 380) + figs.html(mem_fig, 380)
+
+
+def _column(rows: tuple[ResourceRow, ...], name: str) -> np.ndarray:
+    return np.array([np.nan if (v := getattr(r, name)) is None else v for r in rows],
+                    dtype=float)
+
+
+def _resources_points(rows: tuple[ResourceRow, ...], figs: Figures) -> str:
+    """Thousands of trials: WebGL markers against the trial number instead of bars (a browser
+    took seconds to lay out 5,000 bars a series and their category labels)."""
+    xs = np.array([r.number for r in rows])
+    hover = np.array([f"#{r.number} {r.status} {r.method}" for r in rows])
+
+    def series(name: str, label: str) -> go.Scattergl:
+        return go.Scattergl(x=xs, y=_column(rows, name), name=label, mode="markers",
+                            marker={"size": 4, "opacity": 0.6}, hovertext=hover)
+
+    time_fig = go.Figure([series("train_seconds", "train"), series("eval_seconds", "eval"),
+                          series("wall_seconds", "wall")])
+    time_fig.update_layout(title="seconds per trial", xaxis_title="trial")
+    mem_fig = go.Figure([series("peak_rss_mb", "peak RSS MB"),
+                         series("gpu_max_allocated_mb", "GPU max allocated MB")])
+    mem_fig.update_layout(title="memory per trial (MB)", xaxis_title="trial")
+    return (note(f"{len(rows):,} trials: one marker a trial (WebGL).")
+            + figs.html(time_fig, 380) + figs.html(mem_fig, 380))

@@ -1,0 +1,28 @@
+"""`python -m harness.launch.task_main KIND DIR`: run the task `KIND` (harness.registry.TASKS,
+e.g. `rescore`) on the finished folder DIR in this process: the local launcher's command for
+jobs other than trials. The task is named, not imported (launchers never import the trial)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from harness.registry import TASKS
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Exit 0 when the task returned; its outcome file says how it went."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2:
+        print("usage: python -m harness.launch.task_main KIND DIR", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    TASKS.load(args[0])(args[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
