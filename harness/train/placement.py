@@ -15,9 +15,9 @@ in 8-bit or 4-bit precision on a different device than the one you're training o
 a 4/8-bit model whose `hf_device_map` device (`torch.device("cuda").index` is None) is not
 the rank's `cuda:N`. An int `{"": N}` is what accelerate's message recommends
 (`device_map={'': torch.cuda.current_device()}`) and means cuda:N whatever the current device.
-Under FSDP no device map is given: the model loads on CPU (ranks > 0 on meta with
-FSDP_CPU_RAM_EFFICIENT_LOADING, transformers `is_fsdp_enabled`) and accelerate shards and
-places it.
+Under FSDP no device map is given: every rank loads the whole model on CPU
+(harness.train.fsdp sets `cpu_ram_efficient_loading: False`, since rank-0-only loading needs
+the process group before from_pretrained) and accelerate shards and places it.
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ def device_name(machine: Machine) -> str:
 
 
 def device_map(machine: Machine, fsdp: bool = False) -> dict | None:
-    """`from_pretrained(device_map=...)` for this process: None under FSDP (loaded on CPU or
-    meta, then sharded and placed by accelerate), `{"": <local rank>}` on a GPU (an int:
+    """`from_pretrained(device_map=...)` for this process: None under FSDP (loaded on CPU,
+    then sharded and placed by accelerate), `{"": <local rank>}` on a GPU (an int:
     cuda:N, see the module docstring), `{"": "cpu"}` on CPU. The same for a full, LoRA or
     4/8-bit model: a bitsandbytes model must be loaded on the rank's GPU, the others are
     simply loaded there instead of on CPU then moved."""
