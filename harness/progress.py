@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -38,6 +39,18 @@ OPEN_FORMAT = "{desc} {n_fmt} {rate_noinv_fmt} elapsed {elapsed}{postfix}"   # n
 # The Hugging Face libraries' own bars (loading weights, dataset maps) redraw with carriage
 # returns too: off in trial and task processes (the launchers set these; a user's value wins).
 QUIET_BARS = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+
+
+def log_to_stderr() -> None:
+    """A job process's logging (trial, task, SLURM job): INFO lines with time and logger to
+    stderr (its log file), tokenizers single-threaded after fork, and no library progress
+    bars redrawn with carriage returns (a user's own values win). Call before transformers
+    is imported."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    for name, value in QUIET_BARS.items():
+        os.environ.setdefault(name, value)
 
 
 @dataclass(frozen=True)

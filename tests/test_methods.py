@@ -42,19 +42,23 @@ def _method(kind: str, block: dict | None = None, peft: str = "none", **train) -
     return OmegaConf.create(cfg)
 
 
-@pytest.fixture(scope="module")
-def reward_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """A reward model trained on ROWS (ranks every chosen answer above its rejected one)."""
+def trained_reward_dir(tiny_model_dir: Path, out: Path, steps: int) -> Path:
+    """out/model: a reward model trained `steps` steps on ROWS, with its tokenizer."""
     import torch
 
     torch.set_num_threads(1)
     torch.manual_seed(0)             # the new score head's init: the same whatever ran before
-    out = tmp_path_factory.mktemp("reward")
-    model, _ = reward.train_reward(tiny_model_dir, _method("reward", max_steps=20), MODEL_CFG,
+    model, _ = reward.train_reward(tiny_model_dir, _method("reward", max_steps=steps), MODEL_CFG,
                                    ROWS, out / "train", seed=0)
     model.save_pretrained(out / "model")
     reward.load_reward_model(tiny_model_dir, MODEL_CFG)[1].save_pretrained(out / "model")
     return out / "model"
+
+
+@pytest.fixture(scope="module")
+def reward_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """A reward model trained on ROWS (ranks every chosen answer above its rejected one)."""
+    return trained_reward_dir(tiny_model_dir, tmp_path_factory.mktemp("reward"), 20)
 
 
 def _held_out_reward(model, tok, reward_dir: Path) -> float:

@@ -23,7 +23,7 @@ from harness.train.callbacks import LossHistory, request_checkpoint
 from harness.train.checkpoints import last_checkpoint, remove_checkpoints
 from harness.trial.stages import cached_stage
 from tests import test_slurm as slurm
-from tests.test_methods import GRPO, MODEL_CFG, ROWS, Recorder, _method, _policy
+from tests.test_methods import GRPO, MODEL_CFG, ROWS, Recorder, _method, _policy, trained_reward_dir
 from tests.test_slurm import cluster as _cluster  # noqa: F401 - a fixture
 
 PROMPTS = [pref_data.prompt_text(r) for r in ROWS]
@@ -36,14 +36,7 @@ DPO = {"beta": 0.1, "loss_type": "sigmoid", "max_length": 64}
 @pytest.fixture(scope="module")
 def reward_dir(tiny_model_dir, tmp_path_factory) -> Path:
     """A small reward model (GRPO's reward function, PPO's reward and value models)."""
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("reward")
-    model, _ = reward.train_reward(tiny_model_dir, _method("reward", max_steps=5), MODEL_CFG,
-                                   ROWS, out / "train", seed=0)
-    model.save_pretrained(out / "model")
-    reward.load_reward_model(tiny_model_dir, MODEL_CFG)[1].save_pretrained(out / "model")
-    return out / "model"
+    return trained_reward_dir(tiny_model_dir, tmp_path_factory.mktemp("reward"), 5)
 
 
 def _weights(model) -> dict:

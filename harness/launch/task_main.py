@@ -4,10 +4,9 @@ jobs other than trials. The task is named, not imported (launchers never import 
 
 from __future__ import annotations
 
-import logging
-import os
 import sys
 
+from harness.progress import log_to_stderr
 from harness.registry import TASKS
 
 
@@ -17,9 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 2:
         print("usage: python -m harness.launch.task_main KIND DIR", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    log_to_stderr()
     TASKS.load(args[0])(args[1])
     return 0
 

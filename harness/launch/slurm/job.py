@@ -23,7 +23,7 @@ from omegaconf import DictConfig
 from harness.launch.slurm.queue import run_command
 from harness.launch.torchrun import data_parallel, torchrun_command
 from harness.layout import LOG_FILE, RESULT_FILE
-from harness.progress import QUIET_BARS
+from harness.progress import log_to_stderr
 from harness.records import TrialSpec, read_trial_config
 from harness.registry import TRIAL_ENTRY, resolve
 
@@ -45,11 +45,7 @@ class TrialTask(submitit.helpers.Checkpointable):
         self.nproc, self.nodes, self.max_requeues = nproc, nodes, max_requeues
 
     def __call__(self, trial_dir: str) -> str:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        for name, value in QUIET_BARS.items():   # no \r-redrawn library bars in the log
-            os.environ.setdefault(name, value)
+        log_to_stderr()
         info = job_info()
         first_task = submitit.JobEnvironment().global_rank == 0
         if first_task:

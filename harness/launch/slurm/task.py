@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from pathlib import Path
 
 import submitit
 
-from harness.progress import QUIET_BARS
+from harness.progress import log_to_stderr
 from harness.registry import TASKS
 from harness.tasks import log_path
 
@@ -28,11 +27,7 @@ class TaskRun:
         self.kind = kind
 
     def __call__(self, folder: str) -> str:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, force=True,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-        for name, value in QUIET_BARS.items():   # before the task imports transformers
-            os.environ.setdefault(name, value)
+        log_to_stderr()   # before the task imports transformers
         env = submitit.JobEnvironment()
         link_log(log_path(folder, self.kind), Path(env.paths.stdout))
         log.info("%s of %s in SLURM job %s on %s", self.kind, folder, env.job_id, env.hostname)
