@@ -9,6 +9,7 @@ component itself (and its conf/ file).
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -42,9 +43,9 @@ class Registry:
 
 
 def resolve(entry: str) -> Any:
-    """The object a "module:attribute" entry names, imported now."""
+    """The object a "module:attribute" entry names ("module:Class.method" too), imported now."""
     module, _, attr = entry.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return functools.reduce(getattr, attr.split("."), importlib.import_module(module))
 
 
 # The trial process's entry point. Launchers name it rather than import it, so that the sweep
@@ -62,6 +63,13 @@ TASKS = Registry("task", {
 LAUNCHERS = Registry("launcher.name", {
     "local": "harness.launch.local:LocalLauncher",
     "slurm": "harness.launch.slurm:SlurmLauncher",
+})
+
+# How the sweep driver runs its trials (launcher.mode, conf/launcher/slurm.yaml); each entry
+# takes the sweep's Driver once the base model is evaluated.
+LAUNCH_MODES = Registry("launcher.mode", {
+    "job_per_trial": "harness.sweep.driver:Driver.run_jobs",   # one launcher job per trial
+    "pool": "harness.sweep.pool:run_pool",   # long-lived SLURM workers ask and tell themselves
 })
 
 # Where the sweep's judge runs (a context manager per entry, yielding the served judge).
@@ -82,6 +90,13 @@ PRUNERS = Registry("sweep.pruner.name", {
     "none": "harness.study:no_pruner",
     "median": "harness.study:median_pruner",
     "hyperband": "harness.study:hyperband_pruner",
+    "asha": "harness.study:successive_halving_pruner",   # Optuna SuccessiveHalvingPruner
+})
+
+# What an SFT trial's mid-training eval loss (the pruning signal) is computed on.
+PRUNE_SIGNALS = Registry("sweep.pruner.signal", {
+    "eval_loss": "harness.trial.prune_signal:sft_eval_rows",          # data.eval_loss pairs
+    "perplexity_text": "harness.trial.prune_signal:perplexity_rows",  # the objective's texts
 })
 
 STORAGES = Registry("storage.kind", {

@@ -52,9 +52,21 @@ def median_pruner(pruner: DictConfig) -> optuna.pruners.BasePruner:
 
 
 def hyperband_pruner(pruner: DictConfig) -> optuna.pruners.BasePruner:
+    """Hyperband: several successive-halving brackets, each starting at a larger resource."""
     return optuna.pruners.HyperbandPruner(min_resource=pruner.get("min_resource", 1),
                                           max_resource=pruner.get("max_resource", "auto"),
-                                          reduction_factor=pruner.get("reduction_factor", 3))
+                                          reduction_factor=pruner.get("reduction_factor", 3),
+                                          bootstrap_count=pruner.get("bootstrap_count", 0))
+
+
+def successive_halving_pruner(pruner: DictConfig) -> optuna.pruners.BasePruner:
+    """Asynchronous successive halving (ASHA): rungs at min_resource x reduction_factor^k
+    training steps; a trial continues past a rung only in the top 1/reduction_factor there."""
+    return optuna.pruners.SuccessiveHalvingPruner(
+        min_resource=pruner.get("min_resource", "auto"),
+        reduction_factor=pruner.get("reduction_factor", 4),
+        min_early_stopping_rate=pruner.get("min_early_stopping_rate", 0),
+        bootstrap_count=pruner.get("bootstrap_count", 0))
 
 
 def make_pruner(pruner: DictConfig) -> optuna.pruners.BasePruner:

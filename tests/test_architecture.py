@@ -89,7 +89,7 @@ def test_every_registered_component_can_be_loaded():
     from harness import cli, registry
 
     tables = [v for v in vars(registry).values() if isinstance(v, registry.Registry)]
-    assert len(tables) == 11   # ... JUDGE_SERVICES, TASKS
+    assert len(tables) == 13   # ... JUDGE_SERVICES, TASKS, LAUNCH_MODES, PRUNE_SIGNALS
     for table in [*tables, cli.ACTIONS]:
         for name in table.names():
             assert callable(table.load(name)), f"{table.field}={name}"

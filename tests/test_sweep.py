@@ -62,7 +62,9 @@ def test_default_sweep_end_to_end(tmp_path):
         assert record.versions["torch"] and record.loss_history
         assert "lm_eval/embedded_facts_mc/acc" in record.metrics
         assert record.metrics["mt_bench/judged"] > 0 and "mt_bench/score" in record.metrics
-        assert "pref_accuracy" in record.metrics
+        # an SFT sweep on perplexity does not ask for preference metrics: no reward model
+        assert "pref_accuracy" not in record.metrics
+        assert record.extra["preference_metrics"].startswith("skipped: not asked for")
         cfg = Path(record.config_path).read_text()
         assert f"number: {record.number}" in cfg and "learning_rate" in cfg
         assert (Path(record.output_dir) / "adapter_config.json").exists()

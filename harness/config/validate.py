@@ -14,11 +14,16 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from harness.config.battery import check_battery
 from harness.config.distributed import check_fsdp
 from harness.config.judge_reach import check_judge_reach
 from harness.config.methods import NO_SFT_STAGE, check_method_kind
+from harness.config.pool import check_launch_mode
+from harness.config.search import check_search
 from harness.errors import ConfigError
 from harness.registry import LAUNCHERS, METHOD_KINDS, PEFT_METHODS, PRUNERS, SAMPLERS, STORAGES
+
+LOCAL_PROCESSES = ("warm", "cold")   # launcher.processes of launcher=local (launch/local.py)
 
 METHODS_WITH_PEFT = set(PEFT_METHODS.names())
 QUANT_BITS = {None, 4, 8}
@@ -57,8 +62,8 @@ def validate_trial_config(cfg: DictConfig, problems: Problems | None = None) -> 
     check_fsdp(cfg, problems.add)   # method.train.fsdp: full weights, several processes
     problems.check(_check_model, cfg.model)
     problems.check(_check_data, cfg.data)
-    problems.check(_check_positive, cfg, ["eval.perplexity.max_length", "eval.perplexity.stride",
-                                          "eval.perplexity.batch_size"])
+    problems.check(_check_positive, cfg, ["eval.perplexity.max_length", "eval.perplexity.stride"])
+    problems.check(check_battery, cfg)   # perplexity batch size, preference-metrics switch
     problems.check(_check_positive, cfg, ["eval.rouge.max_new_tokens", "eval.rouge.batch_size"])
     problems.check(_check_stride, cfg.eval.perplexity)
     for check in (_check_lm_eval, _check_mt_bench, _check_judge, _check_cascade):
@@ -82,6 +87,7 @@ def validate_sweep(cfg: DictConfig, n_objectives: int, problems: Problems) -> No
             problems.add(registry.check(name))
     if n_objectives > 1 and sampler.get("name") == "cmaes":
         problems.add("sweep.sampler.name=cmaes cannot optimize several objectives")
+    check_search(cfg.sweep, problems.add)   # sampler / pruner values (harness.config.search)
     if cfg.launcher.get("parallel") is not None:   # null (local): GPUs // gpus_per_trial
         problems.check(_check_positive, cfg, ["launcher.parallel"])
     interval = cfg.launcher.get("progress_interval_s", 1.0)
@@ -89,6 +95,12 @@ def validate_sweep(cfg: DictConfig, n_objectives: int, problems: Problems) -> No
         problems.add(f"launcher.progress_interval_s must be a number >= 0, got {interval!r}")
     if cfg.launcher.get("name") == "slurm":
         problems.check(check_slurm_config, cfg)
+    else:
+        problems.check(check_launch_mode, cfg)   # launcher.mode=pool needs launcher=slurm
+        processes = cfg.launcher.get("processes", "cold")   # harness/launch/warm.py
+        if processes not in LOCAL_PROCESSES:
+            problems.add(f"launcher.processes must be one of {list(LOCAL_PROCESSES)}, "
+                         f"got {processes!r}")
     problems.check(check_judge_reach, cfg)   # eval.judge.serve.where, no loopback judge on SLURM
 
 
@@ -258,6 +270,7 @@ def check_slurm_config(cfg: DictConfig) -> None:
                      f"got {launcher.additional!r}")
     if isinstance(launcher.get("nodes"), int):
         problems.check(check_storage, cfg.storage, int(launcher.nodes))
+    problems.check(check_launch_mode, cfg)   # launcher.mode, launcher.pool.* (config.pool)
     problems.raise_if_any()
 
 

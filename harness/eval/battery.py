@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 import harness.data.sft as data
 import harness.eval.metrics as evaluate
+from harness.config.battery import perplexity_batching
 from harness.eval.cascade import run_expensive
 from harness.records import TrialRecord, TrialSpec
 
@@ -54,11 +55,14 @@ def run_battery(model, tokenizer, cfg: DictConfig, progress: bool = True,
     ppl_cfg, rouge_cfg = cfg.eval.perplexity, cfg.eval.rouge
     if ppl_cfg.enabled:
         texts = data.perplexity_texts(cfg.data.perplexity, ppl_cfg.get("max_texts"))
+        batch, tokens = perplexity_batching(ppl_cfg.batch_size,
+                                            evaluate.input_device(model).type, _vocab_size(model))
         ppl = evaluate.perplexity(model, tokenizer, texts, max_length=int(ppl_cfg.max_length),
-                                  stride=int(ppl_cfg.stride), batch_size=int(ppl_cfg.batch_size),
-                                  progress=progress)
+                                  stride=int(ppl_cfg.stride), batch_size=batch,
+                                  max_batch_tokens=tokens, progress=progress)
         result.metrics.update({"perplexity": ppl["perplexity"], "eval_nll": ppl["nll"]})
-        log.info("perplexity %.3f over %d tokens", ppl["perplexity"], ppl["tokens"])
+        log.info("perplexity %.3f over %d tokens (batches of <= %d windows, <= %s tokens)",
+                 ppl["perplexity"], ppl["tokens"], batch, tokens)
     if rouge_cfg.enabled:
         prompts, refs = data.rouge_pairs(cfg.data.rouge, rouge_cfg.get("max_samples"))
         outputs = evaluate.generate(model, tokenizer, prompts,
@@ -76,3 +80,8 @@ def run_battery(model, tokenizer, cfg: DictConfig, progress: bool = True,
     result.cascade = expensive.cascade
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _vocab_size(model) -> int:
+    """The model's vocabulary size (its logits' width), 32000 when its config has none."""
+    return int(getattr(getattr(model, "config", None), "vocab_size", None) or 32000)

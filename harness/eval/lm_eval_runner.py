@@ -30,6 +30,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from harness.eval.cascade import baseline_folder
+from harness.eval.lm_eval_lean import lean_lm_eval
 from harness.eval.progress_hooks import lm_eval_progress
 from harness.layout import RESULT_FILE
 from harness.records import COMPLETE, TrialSpec
@@ -216,7 +217,8 @@ def run_lm_eval(model, tokenizer, lm_cfg, out_dir: str | Path, seed: int = 0) ->
                           include_defaults=bool(lm_cfg.get("include_defaults")) or not task_dir)
     merge = bool(lm_cfg.get("merge_adapter", False))
     with adapter_merged(model, merge) as scored, _tokenizer_state(tokenizer), \
-            lm_eval_progress():   # request loops as log lines (harness.eval.progress_hooks)
+            lm_eval_progress(), lean_lm_eval():   # progress as log lines (progress_hooks);
+        # no environment probe, templates compiled once (harness.eval.lm_eval_lean)
         lm = HFLM(pretrained=scored, tokenizer=tokenizer, batch_size=int(lm_cfg.batch_size),
                   max_length=lm_cfg.get("max_length"))
         raw = simple_evaluate(

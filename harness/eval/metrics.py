@@ -25,7 +25,7 @@ Window = tuple[list[int], int]
 # ----------------------------------------------------------------------------- shared helpers
 
 
-def _input_device(model) -> torch.device:
+def input_device(model) -> torch.device:
     """Device that input ids must be on: the input embeddings' device, else ``model.device``."""
     try:
         return model.get_input_embeddings().weight.device
@@ -56,6 +56,22 @@ def _batches(items: Sequence, batch_size: int) -> Iterator[Sequence]:
     """Consecutive slices of at most batch_size items."""
     for start in range(0, len(items), batch_size):
         yield items[start : start + batch_size]
+
+
+def _token_batches(windows: Sequence, batch_size: int,
+                   max_tokens: int | None) -> list[Sequence]:
+    """Consecutive batches of at most batch_size windows and, when max_tokens is set, at most
+    max_tokens padded tokens (longest window x windows; always at least one window).
+    Windows come longest first, so a batch's first window sets its width."""
+    if max_tokens is None:
+        return list(_batches(windows, batch_size))
+    out, start = [], 0
+    while start < len(windows):
+        width = max(1, len(windows[start][0]))
+        n = max(1, min(batch_size, max_tokens // width))
+        out.append(windows[start : start + n])
+        start += n
+    return out
 
 
 def _check_window_args(max_length: int, stride: int) -> None:
@@ -134,7 +150,9 @@ def _all_windows(tokenizer, texts: list[str], max_length: int, stride: int) -> l
 
 def _batch_nll(model, batch: Sequence[Window], pad_id: int) -> tuple[torch.Tensor, int]:
     """One forward over a padded batch of windows -> (summed NLL, scored token count)."""
-    input_ids, attention_mask, labels = _collate(batch, pad_id, _input_device(model))
+    input_ids, attention_mask, labels = _collate(batch, pad_id, input_device(model))
+    if len({len(ids) for ids, _ in batch}) == 1:   # no padding: no mask, so attention takes
+        attention_mask = None                       # its causal fast path (SDPA is_causal)
     out = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     # prompt tuning (peft) prepends virtual-token positions to the logits: keep the inputs' own
     logits = out.logits[:, -labels.shape[1]:]
@@ -150,24 +168,26 @@ def perplexity(
     max_length: int,
     stride: int,
     batch_size: int,
+    max_batch_tokens: int | None = None,
     progress: bool = False,
 ) -> dict[str, float]:
     """Sliding-window perplexity (HF 'perplexity of fixed-length models') over each text.
 
     Texts are tokenized separately (bos added if the tokenizer does so) and windows never cross
     texts; each token except a text's first is scored exactly once (context-only tokens get label
-    -100, padding is never counted). Windows of all texts are batched, batch_size per forward,
-    right-padded with an attention mask. Returns {"perplexity", "nll" (mean), "tokens" (scored)}.
+    -100, padding is never counted). Windows of all texts are batched longest first, batch_size
+    per forward (and at most `max_batch_tokens` padded tokens when set: short windows share a
+    forward, long ones go alone), right-padded with an attention mask. Returns {"perplexity",
+    "nll" (mean), "tokens" (scored)}.
     """
     _check_window_args(max_length, stride)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     windows = _all_windows(tokenizer, texts, max_length, stride)
-    pad_id, n_batches = _pad_id(tokenizer), math.ceil(len(windows) / batch_size)
+    pad_id, batches = _pad_id(tokenizer), _token_batches(windows, batch_size, max_batch_tokens)
     total, n_tokens = torch.zeros((), dtype=torch.float64), 0
     with _eval_mode(model):
-        batches = _batches(windows, batch_size)
-        for batch in LogTqdm(batches, total=n_batches, desc="perplexity", unit="batch",
+        for batch in LogTqdm(batches, total=len(batches), desc="perplexity", unit="batch",
                              disable=not progress):
             nll, count = _batch_nll(model, batch, pad_id)
             total = total.to(nll.device) + nll.double()  # float64 sum over all batches
@@ -185,7 +205,7 @@ def perplexity_reference(
     path's masking and loss code.
     """
     _check_window_args(max_length, stride)
-    device = _input_device(model)
+    device = input_device(model)
     nll_sum, n_tokens = 0.0, 0
     with _eval_mode(model):
         for ids in _tokenize_texts(tokenizer, texts):
@@ -222,7 +242,7 @@ def _render_prompts(tokenizer, prompts: list[str]) -> tuple[list[str], bool]:
 
 
 @contextmanager
-def _left_padding(tokenizer) -> Iterator[None]:
+def left_padding(tokenizer) -> Iterator[None]:
     """Temporarily pad on the left (with eos if there is no pad token); restore afterwards."""
     side, pad_token = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"
@@ -258,7 +278,7 @@ def _generate_batch(
     """Greedy-generate one left-padded batch; decode only the new tokens."""
     enc = tokenizer(
         texts, add_special_tokens=add_special_tokens, padding=True, return_tensors="pt"
-    ).to(_input_device(model))
+    ).to(input_device(model))
     out = model.generate(
         input_ids=enc["input_ids"],
         attention_mask=enc["attention_mask"],
@@ -296,7 +316,7 @@ def generate(
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths together
     outputs: list[str] = [""] * len(texts)
     n_batches = math.ceil(len(order) / batch_size)
-    with _eval_mode(model), _left_padding(tokenizer):
+    with _eval_mode(model), left_padding(tokenizer):
         batches = _batches(order, batch_size)
         for idx in LogTqdm(batches, total=n_batches, desc=desc, unit="batch",
                            disable=not progress):

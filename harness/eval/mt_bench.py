@@ -28,6 +28,7 @@ from pathlib import Path
 
 from harness.data.jsonl import jsonl_lines
 from harness.errors import DataError
+from harness.eval.batched import greedy_dialogues
 from harness.eval.judge import (
     NO_RATING,
     JudgeClient,
@@ -225,16 +226,27 @@ def _numeric_id(question_id) -> int:
 
 def generate_answers(model, tokenizer, questions: list[dict], *, model_id: str,
                      max_new_tokens: int, seed: int = 0, conv_template: str = "vicuna_v1.1",
-                     temperature: float | None = None) -> list[dict]:
-    """FastChat model-answer rows for every question (model put in eval mode)."""
+                     temperature: float | None = None, batch_size: int = 1) -> list[dict]:
+    """FastChat model-answer rows for every question (model put in eval mode). Greedy
+    questions (temperature 0) are answered together in batches of `batch_size`
+    (harness.eval.batched: the same answers); sampled ones one by one, seeded per question."""
     was_training = model.training
     model.eval()
     try:
+        greedy = [q for q in questions if batch_size > 1
+                  and temperature_for(q["category"], temperature) < 1e-4]
+        together = dict(zip((q["question_id"] for q in greedy), greedy_dialogues(
+            model, tokenizer, [q["turns"] for q in greedy],
+            lambda: Conversation(tokenizer, conv_template),
+            lambda new, conv: _clean(tokenizer.decode(new, skip_special_tokens=False),
+                                     tokenizer, conv.stop_str),
+            max_new_tokens=max_new_tokens, batch_size=batch_size,
+            eos_ids=_eos_ids(model, tokenizer)), strict=True))
         rows = []
         for question in LogTqdm(questions, desc="mt_bench answers", unit="question"):
-            turns = answer_question(model, tokenizer, question, max_new_tokens=max_new_tokens,
-                                    seed=seed, conv_template=conv_template,
-                                    temperature=temperature)
+            turns = together.get(question["question_id"]) or answer_question(
+                model, tokenizer, question, max_new_tokens=max_new_tokens, seed=seed,
+                conv_template=conv_template, temperature=temperature)
             rows.append({"question_id": question["question_id"],
                          "answer_id": uuid.uuid4().hex[:22], "model_id": model_id,
                          "choices": [{"index": 0, "turns": turns}], "tstamp": time.time()})
@@ -280,7 +292,8 @@ def answer_questions(model, tokenizer, mt, model_id: str,
     answers = generate_answers(model, tokenizer, questions, model_id=model_id,
                                max_new_tokens=int(mt.max_new_tokens), seed=int(mt.get("seed", 0)),
                                conv_template=str(mt.get("conv_template", "vicuna_v1.1")),
-                               temperature=mt.get("temperature"))
+                               temperature=mt.get("temperature"),
+                               batch_size=int(mt.get("batch_size", 1)))
     result = MTBenchResult(answers=answers)
     result.extra["answer_file"] = str(write_jsonl(answer_path(out_dir, model_id), answers))
     return questions, result

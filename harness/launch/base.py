@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -51,6 +52,17 @@ class Launcher(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def wait_for_jobs(launcher: object, seconds: float) -> None:
+    """Wait up to `seconds` for a job to end: the launcher's own `wait` where it has one (the
+    local launcher's warm worker says at once when a trial ends), else a plain sleep (SLURM:
+    the queue is polled)."""
+    wait = getattr(launcher, "wait", None)
+    if wait is None:
+        time.sleep(seconds)
+    else:
+        wait(seconds)
 
 
 def make_launcher(cfg: DictConfig) -> Launcher:

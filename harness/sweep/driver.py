@@ -32,7 +32,7 @@ from harness.embedded.build import build_embedded
 from harness.embedded.evals import ensure_for_config
 from harness.errors import ConfigError
 from harness.eval.judge_server import ServedModel
-from harness.launch.base import Job, Launcher, make_launcher, trial_threads
+from harness.launch.base import Job, Launcher, make_launcher, trial_threads, wait_for_jobs
 from harness.layout import LOG_FILE, SWEEP_FILE, baseline_digest, baseline_dir
 from harness.progress import running_text
 from harness.records import (
@@ -49,6 +49,7 @@ from harness.records import (
     write_record,
     write_trial_config,
 )
+from harness.registry import LAUNCH_MODES
 from harness.study import make_pruner, make_storage
 from harness.sweep.cascade import top_k_pass
 from harness.sweep.judge_service import judge_service
@@ -63,6 +64,7 @@ from harness.sweep.space import (
     grid_size,
     is_active,
     parse_space,
+    study_params,
     suggest,
     to_overrides,
 )
@@ -193,7 +195,8 @@ def open_study(sweep: Sweep) -> optuna.Study:
     )
     if not study.user_attrs.get("enqueued"):
         for params in cfg.sweep.get("enqueue") or []:
-            study.enqueue_trial(OmegaConf.to_container(params), skip_if_exists=True)
+            study.enqueue_trial(study_params(sweep.space, OmegaConf.to_container(params)),
+                                skip_if_exists=True)
         study.set_user_attr("enqueued", True)
         study.set_metric_names([m for m, _ in sweep.objectives])
     resumed = len(study.get_trials(deepcopy=False))
@@ -223,7 +226,13 @@ class Driver:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:
+        """Evaluate the base model, then run the trials as `launcher.mode` says
+        (registry.LAUNCH_MODES: run_jobs below, or harness.sweep.pool's workers)."""
         self.baseline = self.evaluate_base()
+        LAUNCH_MODES.load(str(self.sweep.cfg.launcher.get("mode", "job_per_trial")))(self)
+
+    def run_jobs(self) -> None:
+        """launcher.mode=job_per_trial: ask -> submit -> poll -> tell, one job per trial."""
         self.recover()
         target = self.target_trials()
         deadline = _deadline(self.sweep.cfg.sweep.get("timeout_min"))
@@ -310,7 +319,7 @@ class Driver:
                 return ended
             if bar is not None:
                 bar.set_postfix_str(self.bar_text())
-            time.sleep(poll)
+            wait_for_jobs(self.launcher, poll)   # local warm trials: wakes when one ends
 
     def bar_text(self) -> str:
         """The best trial so far, then each running trial's stage and step from its
@@ -395,7 +404,7 @@ class Driver:
         print(f"evaluating the base model once for this sweep ({base_dir})", flush=True)
         job = self.launcher.submit(base_dir)
         while not job.done():
-            time.sleep(float(cfg.launcher.get("poll_seconds", 1.0)))
+            wait_for_jobs(self.launcher, float(cfg.launcher.get("poll_seconds", 1.0)))
         record = read_record(base_dir)
         if record is None or record.status != COMPLETE:
             reason = record.error.message if record and record.error else job.failure_reason()

@@ -96,7 +96,8 @@ def missing_reason(trial: optuna.trial.FrozenTrial | None) -> str:
     if trial is None:
         return f"no {RESULT_FILE}: still running or lost"
     if trial.user_attrs.get(STALE_ATTR):
-        return "lost when the sweep driver died; its parameters were asked again"
+        lost = trial.user_attrs.get("error") or "lost when the sweep driver died"
+        return f"{lost}; its parameters were asked again"   # (a pool worker's: WorkerLost)
     if trial.state == TrialState.RUNNING:
         return f"no {RESULT_FILE} yet: the study has it RUNNING"
     return f"no {RESULT_FILE}; the study has it {trial.state.name}"

@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 from harness.errors import ConfigError
 from harness.registry import SAMPLERS
 from harness.sweep.space import Param
-from harness.sweep.space import grid as grid_space
+from harness.sweep.space import study_grid as grid_space
 
 
 def make_sampler(sampler: DictConfig, space: list[Param], n_objectives: int):
@@ -21,8 +21,12 @@ def make_sampler(sampler: DictConfig, space: list[Param], n_objectives: int):
 
 
 def tpe(sampler: DictConfig, space: list[Param]) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.TPESampler(seed=sampler.get("seed"),
-                                      n_startup_trials=sampler.get("n_startup_trials", 10))
+    """TPE; `multivariate`, `group` and `constant_liar` go to Optuna as given (null: Optuna's
+    default, multivariate for one objective; conf/sweep/default.yaml says what each does)."""
+    return optuna.samplers.TPESampler(
+        seed=sampler.get("seed"), n_startup_trials=sampler.get("n_startup_trials", 10),
+        multivariate=sampler.get("multivariate"), group=bool(sampler.get("group", False)),
+        constant_liar=bool(sampler.get("constant_liar", True)))
 
 
 def random(sampler: DictConfig, space: list[Param]) -> optuna.samplers.BaseSampler:

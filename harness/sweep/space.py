@@ -30,6 +30,7 @@ class Param:
     log: bool = False
     step: float | None = None
     when: dict = field(default_factory=dict)
+    ordered: bool = False   # categorical: the choices are in order (searched by position)
 
 
 def parse_space(params: DictConfig | dict | None) -> list[Param]:
@@ -59,7 +60,13 @@ def _parse_param(name: str, spec: dict) -> Param:
         choices = spec.get("choices")
         if not choices:
             raise ConfigError(f"{where}.choices is empty")
-        return Param(name, key, kind, choices=tuple(choices), when=when)
+        ordered = spec.get("ordered", False)
+        if not isinstance(ordered, bool):
+            raise ConfigError(f"{where}.ordered must be true or false, got {ordered!r}")
+        return Param(name, key, kind, choices=tuple(choices), when=when, ordered=ordered)
+    if "ordered" in spec:
+        raise ConfigError(f"{where}.ordered applies to categorical choices only ({kind} "
+                          "values are ordered already)")
     low, high = spec.get("low"), spec.get("high")
     if low is None or high is None or not low < high:
         raise ConfigError(f"{where}: needs low < high, got low={low!r} high={high!r}")
@@ -75,12 +82,20 @@ def is_active(param: Param, values: dict) -> bool:
 
 
 def suggest(trial: optuna.Trial, space: list[Param]) -> dict:
-    """Ask the trial for each active parameter, in order (define-by-run, so conditions work)."""
+    """Ask the trial for each active parameter, in order (define-by-run, so conditions work).
+
+    An ordered categorical is asked as its position among the choices (an Optuna int 0..n-1,
+    which TPE models with a kernel over neighbouring positions, where a plain categorical's
+    labels share nothing), and the value returned is the choice at that position: the study
+    stores positions (study_params), the trial's config and record the values."""
     values: dict = {}
     for param in space:
         if not is_active(param, values):
             continue
-        if param.type == "categorical":
+        if param.ordered:
+            index = trial.suggest_int(param.name, 0, len(param.choices) - 1)
+            values[param.name] = param.choices[index]
+        elif param.type == "categorical":
             values[param.name] = trial.suggest_categorical(param.name, list(param.choices))
         elif param.type == "int":
             values[param.name] = trial.suggest_int(param.name, int(param.low), int(param.high),
@@ -107,6 +122,27 @@ def grid(space: list[Param]) -> dict[str, list]:
         else:
             raise ConfigError(f"sweep.params.{param.name}: grid sampler needs categorical or "
                               "int values, not a float range")
+    return out
+
+
+def study_grid(space: list[Param]) -> dict[str, list]:
+    """grid() as Optuna's GridSampler must see it: ordered choices by position (suggest)."""
+    ordered = {p.name: len(p.choices) for p in space if p.ordered}
+    return {name: list(range(ordered[name])) if name in ordered else values
+            for name, values in grid(space).items()}
+
+
+def study_params(space: list[Param], values: dict) -> dict:
+    """Parameter values as the study stores them (enqueue_trial): an ordered choice becomes
+    its position; ConfigError when it is not one of the choices."""
+    ordered = {p.name: p for p in space if p.ordered}
+    out = dict(values)
+    for name, value in values.items():
+        if name in ordered:
+            if value not in ordered[name].choices:
+                raise ConfigError(f"sweep.enqueue: {name}={value!r} is not one of "
+                                  f"sweep.params.{name}.choices {list(ordered[name].choices)}")
+            out[name] = ordered[name].choices.index(value)
     return out
 
 

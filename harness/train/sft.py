@@ -12,6 +12,7 @@ from harness.train.adapters import loraplus_optimizers
 from harness.train.arguments import sft_config
 from harness.train.callbacks import CheckpointOnRequest, LossHistory, PruningCallback, Reporter
 from harness.train.checkpoints import resumable_train
+from harness.train.dataset_cache import rows_dataset
 from harness.train.fsdp import gather_trained, require_sharded
 from harness.train.progress_log import StepLog
 from harness.train.results import TrainResult
@@ -23,7 +24,6 @@ def train_sft(model, tokenizer, method: DictConfig, model_cfg: DictConfig, train
               eval_rows: list | None, output_dir: Path, seed: int,
               reporter: Reporter | None = None, log_dir: Path | None = None) -> TrainResult:
     """Run SFT on prompt/completion rows; resumes from the last checkpoint in output_dir."""
-    from datasets import Dataset
     from trl import SFTTrainer
 
     history = LossHistory(Path(log_dir or output_dir) / "loss.jsonl")
@@ -35,8 +35,8 @@ def train_sft(model, tokenizer, method: DictConfig, model_cfg: DictConfig, train
     trainer = SFTTrainer(
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(train_rows),
-        eval_dataset=Dataset.from_list(eval_rows) if eval_rows else None,
+        train_dataset=rows_dataset(train_rows),   # on disk: trl's tokenization is cached
+        eval_dataset=rows_dataset(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
         callbacks=callbacks,
         optimizers=loraplus_optimizers(model, method),   # LoRA+ when lora.loraplus_lr_ratio

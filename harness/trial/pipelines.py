@@ -48,6 +48,7 @@ from harness.train.ppo import train_ppo
 from harness.train.results import TrainResult
 from harness.train.rloo import train_rloo
 from harness.train.sft import train_sft
+from harness.trial import prune_signal
 from harness.trial.stages import (
     Stage,
     base_hash,
@@ -112,8 +113,7 @@ class SftPipeline:
         model, tokenizer = load_trial_model(cfg.model, cfg.method)
         params = count_parameters(model)
         train_rows = sft_rows(cfg.data.train, cfg.data.get("max_train_samples"))
-        eval_spec = cfg.data.get("eval_loss")
-        eval_rows = sft_rows(eval_spec) if eval_spec and eval_spec.get("path") else None
+        eval_rows = prune_signal.eval_rows(cfg)   # sweep.pruner.signal
         result = train_sft(model, tokenizer, cfg.method, cfg.model, train_rows, eval_rows,
                            output_dir=ctx.trial_dir / CHECKPOINTS_DIR, seed=ctx.seed,
                            reporter=reporter(ctx), log_dir=ctx.trial_dir)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from harness.config.battery import trial_wants_preference
 from harness.data.preference import metric_rows
 from harness.eval.preference import policy_eval, win_rate
 from harness.train.modeling import load_base_model, load_tokenizer
@@ -23,7 +24,9 @@ from harness.trial.stages import (
     stage_model_cfg,
 )
 
-SKIPPED = "skipped: no data.preference or disabled"
+SKIPPED = ("skipped: not asked for (data.preference.metrics.enabled: auto computes them for "
+           "preference and RL methods and for sweeps with a preference objective), disabled, "
+           "or no data.preference")
 
 
 @dataclass
@@ -35,13 +38,14 @@ class PreferenceResult:
 
 
 def preference_enabled(ctx: TrialContext) -> bool:
-    pdata = ctx.cfg.data.get("preference")
-    return pdata is not None and bool(pdata.metrics.get("enabled", True))
+    """Whether this trial computes the preference metrics (harness.config.battery)."""
+    return trial_wants_preference(ctx.cfg)
 
 
 def scoring_stage(ctx: TrialContext) -> Stage | None:
     """The sweep's scoring reward model (role "scoring"), built once and cached; None when
-    the preference metrics are off."""
+    the trial computes no preference metrics (so an SFT trial of a sweep that does not ask
+    for them never trains one)."""
     if not preference_enabled(ctx):
         return None
     return replace(reward_stage(ctx.cfg, ctx.stages_root), role="scoring")

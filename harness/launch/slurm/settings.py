@@ -42,6 +42,14 @@ def sbatch_parameters(launcher: DictConfig) -> dict:
     return params
 
 
+def pool_parameters(launcher: DictConfig) -> dict:
+    """sbatch options of a pool worker (launcher.mode=pool): a trial's options, with the
+    worker's --time (pool.timeout_min) and every worker of the array running at once."""
+    pool = launcher.pool
+    return {**sbatch_parameters(launcher), "time": int(math.ceil(float(pool.timeout_min))),
+            "array_parallelism": int(pool.workers)}
+
+
 def request_text(params: dict) -> str:
     """What a trial job asks for (its sbatch options), for error messages."""
     keys = ("partition", "nodes", "cpus_per_task", "gpus_per_node", "mem", "constraint", "qos",

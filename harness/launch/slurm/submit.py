@@ -11,6 +11,7 @@ import logging
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import submitit
@@ -34,6 +35,7 @@ from harness.launch.slurm.queue import (
 )
 from harness.launch.slurm.settings import (
     nproc_per_node,
+    pool_parameters,
     request_text,
     sbatch_parameters,
     sized_parameters,
@@ -162,6 +164,8 @@ class SlurmLauncher:
             raise ConfigError("storage=sqlite cannot be shared by trials on the several nodes of "
                               "this partition: use storage=journal or storage=rdb")
         test_request(self.params, self.folder)
+        if self.cfg.get("mode") == "pool":   # the workers' longer --time, too
+            test_request(pool_parameters(self.cfg), self.folder)
 
     def submit(self, trial_dir: Path) -> SlurmTrialJob:
         return self.submit_many([trial_dir])[0]
@@ -232,6 +236,24 @@ class SlurmLauncher:
         log.info("%s of %s -> SLURM job %s", kind, Path(folder).name, sub.job_id)
         return SlurmTrialJob(folder, sub.job_id, self.folder, self.queue,
                              float(self.cfg.timeout_min), marker=None)
+
+    def submit_workers(self, worker: Callable[[], object], count: int,
+                       where: Path) -> list[SlurmTrialJob]:
+        """`count` jobs running the callable `worker` (launcher.mode=pool: the sweep's pool
+        workers, harness.sweep.pool) as one job array with pool_parameters; `where` is the
+        folder the jobs serve (the sweep's). The callable is named by the caller, never
+        imported here."""
+        executor = self._executor()
+        executor.update_parameters(**pool_parameters(self.cfg))
+        try:
+            with submitit.helpers.clean_env(), executor.batch():
+                submitted = [executor.submit(worker) for _ in range(count)]
+        except FailedJobError as exc:
+            raise SubmitError(f"sbatch refused the pool workers: {sbatch_error(str(exc))} "
+                              f"({request_text(executor.parameters)})") from None
+        return [SlurmTrialJob(where, sub.job_id, self.folder, self.queue,
+                              float(self.cfg.pool.timeout_min), marker=None)
+                for sub in submitted]
 
     def close(self) -> None:
         """Nothing to release: queued and running jobs outlive the driver (re-attached)."""

@@ -1,0 +1,206 @@
+"""The search settings reach Optuna: TPE knobs, ASHA / Hyperband rungs, bad values refused.
+
+Fast: no training, in-memory studies only."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+from omegaconf import OmegaConf
+
+from harness.config.compose import compose_config
+from harness.config.validate import Problems, validate_sweep
+from harness.errors import ConfigError
+from harness.study import make_pruner
+from harness.sweep.samplers import make_sampler
+from harness.sweep.space import parse_space, study_params, suggest, to_overrides
+from harness.trial.prune_signal import eval_rows
+
+
+def _sampler(**fields):
+    return make_sampler(OmegaConf.create({"name": "tpe", "seed": 0, **fields}), [], 1)
+
+
+def test_tpe_gets_multivariate_group_constant_liar():
+    tpe = _sampler(n_startup_trials=5, multivariate=True, group=True, constant_liar=False)
+    assert (tpe._n_startup_trials, tpe._multivariate, tpe._group, tpe._constant_liar) == \
+        (5, True, True, False)
+    plain = _sampler(multivariate=False, constant_liar=True)
+    assert (plain._multivariate, plain._group, plain._constant_liar) == (False, False, True)
+
+
+def test_search_bench_builds_the_tuned_sampler_and_pruner():
+    """search_bench.yaml's blocks, as the driver builds them: TPE (multivariate, constant liar,
+    1 startup trial) and ASHA with its one rung at step 20 (keep the best half)."""
+    cfg = compose_config(["sweep=search_bench"])
+    sampler = make_sampler(cfg.sweep.sampler, parse_space(cfg.sweep.params), 1)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    study = optuna.create_study(sampler=sampler)
+    assert (sampler._is_multivariate(study), sampler._constant_liar,
+            sampler._n_startup_trials) == (True, True, 1)
+    pruner = make_pruner(cfg.sweep.pruner)
+    assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
+    assert (pruner._min_resource, pruner._reduction_factor) == (20, 2)
+
+
+def _rungs(pruner_cfg: dict, steps: list[int]) -> dict[str, float]:
+    """Run one best-so-far trial reporting at `steps` under the pruner; its completed rungs."""
+    pruner = make_pruner(OmegaConf.create(pruner_cfg))
+    study = optuna.create_study(pruner=pruner)
+    trial = study.ask()
+    for step in steps:
+        trial.report(1.0 / step, step)
+        assert not trial.should_prune()   # the only (so the best) trial is always promoted
+    return {k: v for k, v in study.trials[0].system_attrs.items() if "rung" in k}
+
+
+def test_asha_rungs_follow_min_resource_and_reduction_factor():
+    """Rungs at min_resource x factor^k steps: 5 and 15 with (5, 3) over evals every 5 steps;
+    5, 10, 20 with (5, 2); each rung keeps the value reported at its step."""
+    steps = [5, 10, 15, 20, 25, 30]
+    assert _rungs({"name": "asha", "min_resource": 5, "reduction_factor": 3}, steps) == \
+        {"completed_rung_0": 1 / 5, "completed_rung_1": 1 / 15}
+    assert _rungs({"name": "asha", "min_resource": 5, "reduction_factor": 2}, steps) == \
+        {"completed_rung_0": 1 / 5, "completed_rung_1": 1 / 10, "completed_rung_2": 1 / 20}
+
+
+def test_asha_prunes_a_trial_worse_than_the_rung():
+    pruner = make_pruner(OmegaConf.create({"name": "asha", "min_resource": 5,
+                                           "reduction_factor": 2}))
+    assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
+    study = optuna.create_study(pruner=pruner)
+    for value in (1.0, 2.0):   # two trials reach rung 0 (step 5): the worse one is pruned
+        trial = study.ask()
+        trial.report(value, 5)
+        pruned = trial.should_prune()
+        study.tell(trial, state=optuna.trial.TrialState.PRUNED) if pruned else study.tell(trial,
+                                                                                          value)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "PRUNED"]
+
+
+def test_hyperband_gets_its_settings():
+    pruner = make_pruner(OmegaConf.create({"name": "hyperband", "min_resource": 5,
+                                           "max_resource": 30, "reduction_factor": 3,
+                                           "bootstrap_count": 2}))
+    assert (pruner._min_resource, pruner._max_resource, pruner._reduction_factor,
+            pruner._bootstrap_count) == (5, 30, 3, 2)
+
+
+@pytest.mark.parametrize("override,line", [
+    ("sweep.sampler.multivariate=maybe",
+     "sweep.sampler.multivariate must be true or false or null, got 'maybe'"),
+    ("sweep.sampler.constant_liar=null",
+     "sweep.sampler.constant_liar must be true or false, got None"),
+    ("sweep.pruner.reduction_factor=1",
+     "sweep.pruner.reduction_factor must be an integer >= 2, got 1"),
+    ("sweep.pruner.min_resource=0",
+     "sweep.pruner.min_resource must be an integer >= 1 or auto, got 0"),
+    ("sweep.pruner.min_resource=40",
+     "sweep.pruner.min_resource (40) must be <= sweep.pruner.max_resource (30)"),
+])
+def test_bad_search_value_is_one_line(override, line):
+    cfg = compose_config(["sweep=search_bench", override])
+    problems = Problems()
+    validate_sweep(cfg, 1, problems)
+    assert problems.lines == [line]
+
+
+def test_group_without_multivariate_is_refused():
+    cfg = compose_config(["sweep=search_bench", "sweep.sampler.group=true",
+                          "sweep.sampler.multivariate=false"])
+    problems = Problems()
+    validate_sweep(cfg, 1, problems)
+    assert problems.lines == ["sweep.sampler.group=true needs sweep.sampler.multivariate true "
+                              "or null (Optuna groups only the multivariate TPE)"]
+
+
+def test_pruning_signal_picks_the_eval_rows(tmp_path):
+    """perplexity_text: the objective's texts (capped like the final perplexity) as a
+    language-modelling eval set; eval_loss: the SFT pairs as prompt/completion rows."""
+    texts = tmp_path / "ppl.jsonl"
+    texts.write_text("".join(f'{{"text": "text {i}"}}\n' for i in range(5)))
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"messages": [{"role": "user", "content": "q"}, '
+                     '{"role": "assistant", "content": "a"}]}\n')
+    common = ["sweep=search_bench", f"data.perplexity.path={texts}",
+              f"data.eval_loss.path={pairs}", "eval.perplexity.max_texts=3"]
+    cfg = compose_config([*common, "sweep.pruner.signal=perplexity_text"])
+    assert eval_rows(cfg) == [{"text": "text 0"}, {"text": "text 1"}, {"text": "text 2"}]
+    cfg = compose_config([*common, "sweep.pruner.signal=eval_loss"])
+    assert eval_rows(cfg) == [{"prompt": [{"role": "user", "content": "q"}],
+                               "completion": [{"role": "assistant", "content": "a"}]}]
+    problems = Problems()
+    validate_sweep(compose_config(["sweep=search_bench", "sweep.pruner.signal=loss"]), 1,
+                   problems)
+    assert problems.lines == ["sweep.pruner.signal must be one of ['eval_loss', "
+                              "'perplexity_text'], got 'loss'"]
+
+
+LR = "method.train.learning_rate"
+
+
+def _bench_space(ordered: bool) -> list:
+    """search_bench's 27-point space, its choices declared ordered or not."""
+    params = OmegaConf.to_container(compose_config(["sweep=search_bench"]).sweep.params)
+    for spec in params.values():
+        spec["ordered"] = ordered
+    return parse_space(params)
+
+
+def test_ordered_choice_is_an_int_position_for_tpe_and_the_value_for_the_trial():
+    """TPE sees an IntDistribution over positions 0..2 (neighbours share its kernel); the
+    values the trial's config and record get are the choices themselves."""
+    space = _bench_space(ordered=True)
+    study = optuna.create_study(sampler=make_sampler(
+        OmegaConf.create({"name": "tpe", "seed": 0, "n_startup_trials": 1}), space, 1))
+    for _ in range(4):   # past the startup trial: TPE's own model picks the rest
+        trial = study.ask()
+        values = suggest(trial, space)
+        assert trial.distributions[LR] == optuna.distributions.IntDistribution(0, 2)
+        assert values[LR] == (1.0e-4, 5.0e-4, 2.0e-3)[trial.params[LR]]
+        assert f"{LR}={values[LR]!r}" in to_overrides(space, values)
+        study.tell(trial, values[LR])
+    plain = _bench_space(ordered=False)
+    trial = optuna.create_study().ask()
+    assert isinstance(suggest(trial, plain)[LR], float)
+    assert isinstance(trial.distributions[LR], optuna.distributions.CategoricalDistribution)
+
+
+def test_grid_sampler_runs_the_same_points_with_ordered_choices():
+    def points(ordered: bool) -> list[tuple]:
+        space = _bench_space(ordered)
+        study = optuna.create_study(sampler=make_sampler(OmegaConf.create({"name": "grid"}),
+                                                         space, 1))
+        out = []
+        for _ in range(27):
+            trial = study.ask()
+            out.append(tuple(sorted(suggest(trial, space).items())))
+            study.tell(trial, 0.0)
+        return out
+
+    ordered = points(True)
+    assert len(set(ordered)) == 27 and set(ordered) == set(points(False))
+
+
+def test_enqueued_ordered_value_is_stored_as_its_position():
+    space = _bench_space(ordered=True)
+    study = optuna.create_study()
+    study.enqueue_trial(study_params(space, {LR: 2.0e-3}))
+    trial = study.ask()
+    assert suggest(trial, space)[LR] == 2.0e-3 and trial.params[LR] == 2
+    with pytest.raises(ConfigError, match=r"sweep.enqueue: method.train.learning_rate=0.001 "
+                                          r"is not one of"):
+        study_params(space, {LR: 1.0e-3})
+
+
+@pytest.mark.parametrize("spec,line", [
+    ({"type": "categorical", "choices": [4, 8], "ordered": "yes"},
+     "sweep.params.p.ordered must be true or false, got 'yes'"),
+    ({"type": "float", "low": 0.1, "high": 1.0, "ordered": True},
+     "sweep.params.p.ordered applies to categorical choices only (float values are ordered "
+     "already)"),
+])
+def test_bad_ordered_is_one_line(spec, line):
+    with pytest.raises(ConfigError) as exc:
+        parse_space({"p": spec})
+    assert exc.value.problems == [line]
