@@ -15,10 +15,11 @@ steps it ran. Strategies (STRATEGIES below), each once per seed (the sampler's s
   tpe            the tuned TPE alone, no pruning, 8 full trials (30%)
   tpe+hyperband  the pruning settings before tuning: TPE (3 startup trials) + Hyperband (min 5
                  steps, factor 3) on the SFT eval loss (sweep.pruner.signal=eval_loss), 9
-                 trials (the parameters ordered as in search_bench.yaml: not overridable)
+                 trials, no step budget (the parameters ordered as in search_bench.yaml)
   tpe+asha       search_bench.yaml as it stands, the tuned settings: TPE (1 startup trial) over
                  the ordered choices + ASHA with one rung at step 20 on the loss of the
-                 objective's texts (signal=perplexity_text), 8 trials
+                 objective's texts (signal=perplexity_text), trials while the step budget
+                 sweep.max_train_steps=243 (30% of the grid's) holds another (at most 27)
 
 --mode live (default) runs every sweep through the real driver (`python -m harness`,
 launcher=local, parallel 2). --mode replay replays them on grid runs' records instead
@@ -53,6 +54,7 @@ from search_replay import Finished, load_grid, replay
 from harness.config.compose import compose_config
 from harness.layout import SWEEP_FILE
 from harness.records import COMPLETE, PRUNED, read_record
+from harness.sweep.budget import trial_steps  # the driver's step count (max_train_steps)
 
 GRID_SIZE = 27
 GRID_NAME = "bench_grid"
@@ -60,7 +62,7 @@ TARGET_GAP, TARGET_STEPS = 0.01, 0.30   # within 1% of the grid's best, at <= 30
 COMMON = ["sweep=search_bench", "launcher=local", "launcher.parallel=2", "storage=journal"]
 STRATEGIES: dict[str, list[str]] = {
     "grid": ["sweep.sampler.name=grid", "sweep.pruner.name=none",
-             f"sweep.n_trials={GRID_SIZE}"],
+             f"sweep.n_trials={GRID_SIZE}", "sweep.max_train_steps=null"],
     "random": ["sweep.sampler.name=random", "sweep.pruner.name=none",
                f"sweep.n_trials={int(GRID_SIZE * TARGET_STEPS)}"],
     "tpe": ["sweep.pruner.name=none",   # the tuned sampler alone, no pruning
@@ -68,7 +70,7 @@ STRATEGIES: dict[str, list[str]] = {
     "tpe+hyperband": ["sweep.sampler.name=tpe", "sweep.sampler.n_startup_trials=3",
                       "sweep.pruner.name=hyperband", "sweep.pruner.min_resource=5",
                       "sweep.pruner.reduction_factor=3", "sweep.pruner.signal=eval_loss",
-                      "sweep.n_trials=9"],
+                      "sweep.n_trials=9", "sweep.max_train_steps=null"],
     "tpe+asha": [],   # search_bench.yaml as it stands: the tuned settings
 }
 CHECKPOINTS = (0.1, 0.2, 0.3, 0.5, 1.0)   # shares of the grid's steps the curve table shows
@@ -130,15 +132,6 @@ def read_live(name: str, sweep_dir: Path, seconds: float) -> RunResult:
                               trial_steps(sweep_dir / "trials" / f"{trial.number:04d}", record),
                               value, trial.datetime_complete.timestamp()))
     return summarize(name, ended, failed, seconds)
-
-
-def trial_steps(trial_dir: Path, record) -> int:
-    """Training steps a trial consumed: all of them, or up to the eval that pruned it."""
-    if record.train_steps is not None:
-        return int(record.train_steps)
-    path = trial_dir / "loss.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    return max((int(row["step"]) for row in rows), default=0)
 
 
 def grid_runs(grid_from: list[Path], out: Path, overrides: list[str]) -> dict[str, Path]:

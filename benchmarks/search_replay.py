@@ -5,9 +5,10 @@ its parameters, so the grid run (every configuration trained to the end, the eva
 at every `eval_steps`) holds what any trial over the same points would report. The replay
 drives a real Optuna study, with the sampler and pruner the harness builds from the config
 (harness.sweep.samplers.make_sampler, harness.study.make_pruner), through the driver's loop
-(`launcher.parallel` trials at once, ask when one ends, report each eval loss, stop when
-pruned), but looks each trial's numbers up in the grid instead of training. Trials overlap on
-a clock modelled from the grid's own records (start-up, seconds per step, final evaluation), so
+(`launcher.parallel` trials at once, ask when one ends while `sweep.n_trials` and
+`sweep.max_train_steps` allow, harness.sweep.budget; report each eval loss, stop when
+pruned), but looks each trial's numbers up in the grid instead of training. Trials overlap on a
+clock modelled from the grid's own records (start-up, seconds per step, final evaluation), so
 parallel asks see running trials as they would live (constant liar). Tabular benchmarks are
 the standard way to compare HPO methods cheaply (HPOBench, NAS-Bench-201, YAHPO Gym).
 """
@@ -25,6 +26,7 @@ from optuna.trial import TrialState
 
 from harness.records import COMPLETE, read_record
 from harness.study import make_pruner
+from harness.sweep.budget import planned_steps, trials_that_fit
 from harness.sweep.samplers import make_sampler
 from harness.sweep.space import parse_space, study_params, suggest
 
@@ -107,13 +109,17 @@ def replay(cfg: DictConfig, table: dict[tuple, Measured], clock: Clock,
         study.enqueue_trial(study_params(space, OmegaConf.to_container(params)),
                             skip_if_exists=True)
     n_trials, parallel = int(cfg.sweep.n_trials), int(cfg.launcher.parallel)
+    limit = cfg.sweep.get("max_train_steps")   # the driver's step budget, counted the same way
+    planned = planned_steps(cfg)
     if cfg.sweep.sampler.get("name") == "grid":
         n_trials = min(n_trials, len(table))
     running: list[_Running] = []
     done: list[Finished] = []
     now = 0.0
     while True:
-        while len(running) < parallel and len(done) + len(running) < n_trials:
+        while len(running) < parallel and len(done) + len(running) < n_trials and (
+                limit is None or trials_that_fit(int(limit), sum(d.steps for d in done),
+                                                 planned * len(running), planned)):
             trial = study.ask()
             point = table[key(suggest(trial, space))]
             running.append(_Running(_event_s(now, point, 0, clock), trial.number, trial, point,

@@ -55,11 +55,14 @@ def run_tiny_trial(root: Path) -> dict:
     job = LocalLauncher(cfg).submit(trial_dir)
     seen: list[tuple] = []
     deadline = time.time() + 900
-    while not job.done():
-        assert time.time() < deadline, "trial did not finish in 15 min"
-        snap = progress.read(trial_dir)
+    while True:
+        ended = job.done()   # read once more after the end: a forked (warm) trial exits
+        snap = progress.read(trial_dir)   # right after writing its last snapshot
         if snap is not None and (not seen or seen[-1] != (snap.stage, snap.part, snap.step)):
             seen.append((snap.stage, snap.part, snap.step))
+        if ended:
+            break
+        assert time.time() < deadline, "trial did not finish in 15 min"
         time.sleep(0.05)
     record = read_record(trial_dir)
     assert record is not None and record.status == "COMPLETE", \

@@ -4,6 +4,8 @@ Fast: no training, in-memory studies only."""
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 from omegaconf import OmegaConf
@@ -11,7 +13,17 @@ from omegaconf import OmegaConf
 from harness.config.compose import compose_config
 from harness.config.validate import Problems, validate_sweep
 from harness.errors import ConfigError
+from harness.records import (
+    COMPLETE,
+    PRUNED,
+    TrialRecord,
+    TrialSpec,
+    read_record,
+    write_record,
+    write_trial_config,
+)
 from harness.study import make_pruner
+from harness.sweep.budget import StepBudget, trial_steps, trials_that_fit
 from harness.sweep.samplers import make_sampler
 from harness.sweep.space import parse_space, study_params, suggest, to_overrides
 from harness.trial.prune_signal import eval_rows
@@ -204,3 +216,69 @@ def test_bad_ordered_is_one_line(spec, line):
     with pytest.raises(ConfigError) as exc:
         parse_space({"p": spec})
     assert exc.value.problems == [line]
+
+
+# -- sweep.max_train_steps (harness.sweep.budget) ------------------------------------------------
+def _ended(trial_dir, status, train_steps=None, logged=()):
+    """A finished trial folder: its result.json and the steps its loss.jsonl logged."""
+    trial_dir.mkdir(parents=True)
+    write_record(TrialRecord(number=int(trial_dir.name), status=status, method="lora",
+                             train_steps=train_steps), trial_dir)
+    (trial_dir / "loss.jsonl").write_text("".join(
+        json.dumps({"step": s, "eval_loss": 3.0}) + "\n" for s in logged))
+
+
+def test_pruned_trial_counts_the_steps_it_reported(tmp_path):
+    """A complete trial counts its train_steps; a pruned one (no train_steps) the last step it
+    logged; a refused one (nothing logged) none."""
+    _ended(tmp_path / "0000", COMPLETE, train_steps=30, logged=(5, 10, 30))
+    _ended(tmp_path / "0001", PRUNED, logged=(5, 10, 15, 20))
+    _ended(tmp_path / "0002", PRUNED)
+    assert [trial_steps(tmp_path / n, read_record(tmp_path / n))
+            for n in ("0000", "0001", "0002")] == [30, 20, 0]
+
+
+def test_step_budget_stops_asking_when_the_next_trial_would_not_fit(tmp_path):
+    """Ended 30 + 20 (pruned) steps, one trial running (its own config plans 20): a 100-step
+    budget holds one more 30-step trial, 99 none; no budget leaves the count alone."""
+    cfg = compose_config(["sweep=search_bench", "sweep.max_train_steps=100"])
+    sweep = tmp_path / "sweep"
+    _ended(sweep / "trials" / "0000", COMPLETE, train_steps=30, logged=(30,))
+    _ended(sweep / "trials" / "0001", PRUNED, logged=(5, 20))
+    running = sweep / "trials" / "0002"
+    running.mkdir()
+    write_trial_config(running, compose_config(["sweep=search_bench",
+                                                "method.train.max_steps=20"]),
+                       TrialSpec(number=2, dir=str(running)))
+    (running / "loss.jsonl").write_text(json.dumps({"step": 10, "eval_loss": 3.0}) + "\n")
+    budget = StepBudget(cfg, sweep)
+    assert (budget.spent({"0002"}), budget.planned) == (50, 30)
+    assert [budget.cap(n, [running]) for n in (0, 1, 2)] == [0, 1, 1]
+    assert StepBudget(compose_config(["sweep=search_bench", "sweep.max_train_steps=99"]),
+                      sweep).cap(2, [running]) == 0
+    assert StepBudget(compose_config(["sweep=search_bench", "sweep.max_train_steps=null"]),
+                      sweep).cap(2, [running]) == 2
+    assert trials_that_fit(243, 220, 0, 30) == 0 and trials_that_fit(243, 210, 0, 30) == 1
+
+
+@pytest.mark.parametrize("override,line", [
+    ("sweep.max_train_steps=0", "sweep.max_train_steps must be a positive integer or null, got 0"),
+    ("sweep.max_train_steps=lots",
+     "sweep.max_train_steps must be a positive integer or null, got 'lots'"),
+    ("method.train.max_steps=null", "sweep.max_train_steps needs method.train.max_steps a "
+     "positive integer (a trial's planned steps), got None"),
+])
+def test_bad_step_budget_is_one_line(override, line):
+    cfg = compose_config(["sweep=search_bench", "sweep.max_train_steps=100", override])
+    problems = Problems()
+    validate_sweep(cfg, 1, problems)
+    assert problems.lines == [line]
+
+
+def test_pool_with_a_step_budget_is_refused():
+    problems = Problems()
+    validate_sweep(compose_config(["launcher=slurm", "launcher.mode=pool",
+                                   "sweep.max_train_steps=500"]), 1, problems)
+    assert problems.lines == ["sweep.max_train_steps is counted by the job_per_trial driver "
+                              "only: set it null with launcher.mode=pool (workers ask trials "
+                              "on their own)"]

@@ -61,6 +61,9 @@ def _unsupported(cfg: DictConfig) -> list[str]:
         out.append(f"launcher.mode=pool runs each trial as one process: "
                    f"{nproc_per_node(launcher)} processes per node (launcher.nproc_per_node / "
                    "gpus_per_node) need launcher.mode=job_per_trial")
+    if cfg.sweep.get("max_train_steps") is not None:
+        out.append("sweep.max_train_steps is counted by the job_per_trial driver only: set it "
+                   "null with launcher.mode=pool (workers ask trials on their own)")
     if launcher.get("size_from_estimate"):
         out.append("launcher.size_from_estimate sizes each trial's job, but pool workers are "
                    "sized once for all their trials: set it false with launcher.mode=pool")

@@ -1,6 +1,7 @@
 """Checks of the search settings: `sweep.sampler` and `sweep.pruner` values (their names are
-checked against harness.registry in validate.py). One line per bad field, before anything runs:
-Optuna would otherwise raise only when the driver builds the sampler or a trial its pruner."""
+checked against harness.registry in validate.py) and the step budget `sweep.max_train_steps`.
+One line per bad field, before anything runs: Optuna would otherwise raise only when the driver
+builds the sampler or a trial its pruner."""
 
 from __future__ import annotations
 
@@ -43,6 +44,21 @@ def check_search(sweep: DictConfig, add: Callable[[str], None]) -> None:
     low, high = pruner.get("min_resource"), pruner.get("max_resource")
     if all(isinstance(v, int) and not isinstance(v, bool) for v in (low, high)) and low > high:
         add(f"sweep.pruner.min_resource ({low}) must be <= sweep.pruner.max_resource ({high})")
+
+
+def check_step_budget(cfg: DictConfig, add: Callable[[str], None]) -> None:
+    """sweep.max_train_steps: null or a positive integer, counted against each trial's planned
+    method.train.max_steps (harness.sweep.budget), which must then be a positive integer."""
+    limit = cfg.sweep.get("max_train_steps")
+    if limit is None:
+        return
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        add(f"sweep.max_train_steps must be a positive integer or null, got {limit!r}")
+        return
+    planned = cfg.method.train.get("max_steps")
+    if isinstance(planned, bool) or not isinstance(planned, int) or planned < 1:
+        add(f"sweep.max_train_steps needs method.train.max_steps a positive integer (a trial's "
+            f"planned steps), got {planned!r}")
 
 
 def _integer(cfg: DictConfig, path: str, low: int, add: Callable[[str], None],

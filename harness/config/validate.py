@@ -19,7 +19,7 @@ from harness.config.distributed import check_fsdp
 from harness.config.judge_reach import check_judge_reach
 from harness.config.methods import NO_SFT_STAGE, check_method_kind
 from harness.config.pool import check_launch_mode
-from harness.config.search import check_search
+from harness.config.search import check_search, check_step_budget
 from harness.errors import ConfigError
 from harness.registry import LAUNCHERS, METHOD_KINDS, PEFT_METHODS, PRUNERS, SAMPLERS, STORAGES
 
@@ -88,6 +88,7 @@ def validate_sweep(cfg: DictConfig, n_objectives: int, problems: Problems) -> No
     if n_objectives > 1 and sampler.get("name") == "cmaes":
         problems.add("sweep.sampler.name=cmaes cannot optimize several objectives")
     check_search(cfg.sweep, problems.add)   # sampler / pruner values (harness.config.search)
+    check_step_budget(cfg, problems.add)    # sweep.max_train_steps (config.search)
     if cfg.launcher.get("parallel") is not None:   # null (local): GPUs // gpus_per_trial
         problems.check(_check_positive, cfg, ["launcher.parallel"])
     interval = cfg.launcher.get("progress_interval_s", 1.0)

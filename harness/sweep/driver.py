@@ -2,7 +2,8 @@
 
     prepare()  validate everything (configs, search space, data), before any job runs
     run()      evaluate the base model once, then ask -> submit -> poll -> tell until the study
-               has `sweep.n_trials` finished trials; re-running resumes the same study
+               has `sweep.n_trials` finished trials (or the next would overrun
+               `sweep.max_train_steps`, harness.sweep.budget); re-running resumes the study
 
 Folders: sweeps/<name>/sweep.yaml (driver config), study.db (or journal), baseline/<hash>/,
 trials/<number>/ (config.yaml, trial.log, result.json, model/).
@@ -51,6 +52,7 @@ from harness.records import (
 )
 from harness.registry import LAUNCH_MODES
 from harness.study import make_pruner, make_storage
+from harness.sweep.budget import StepBudget
 from harness.sweep.cascade import top_k_pass
 from harness.sweep.judge_service import judge_service
 from harness.sweep.preflight import ATTR as PREFLIGHT_ATTR
@@ -219,6 +221,7 @@ class Driver:
         self.base_dir = baseline_dir(sweep.dir, baseline_digest(sweep.cfg))
         self.shared = shared_spec(sweep, judge)
         self.preflight = Preflight(sweep.cfg)   # refuses trials predicted not to fit the GPU
+        self.budget = StepBudget(sweep.cfg, sweep.dir)   # sweep.max_train_steps
 
     def spec(self, **fields) -> TrialSpec:
         """A trial's spec: what every trial of this sweep shares, plus `fields`."""
@@ -251,11 +254,12 @@ class Driver:
                     bar.set_postfix_str(self.best)
 
     def _slots(self, target: int, deadline: float | None) -> int:
-        """How many new trials may start now (parallel limit, target count, timeout)."""
+        """How many new trials may start now (parallel limit, target count, timeout, steps)."""
         if deadline is not None and time.time() > deadline:
             return 0
         free = self.launcher.parallel - len(self.running)
-        return max(0, min(free, target - self.finished_count() - len(self.running)))
+        count = max(0, min(free, target - self.finished_count() - len(self.running)))
+        return self.budget.cap(count, [job.trial_dir for job in self.running.values()])
 
     def target_trials(self) -> int:
         target = int(self.sweep.cfg.sweep.n_trials)
