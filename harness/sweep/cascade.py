@@ -32,7 +32,7 @@ from harness import layout, progress, tasks
 from harness.config.compose import compose_config, resolve_paths
 from harness.eval.cascade import EXPENSIVE_PREFIXES, STAGES, Decision, enabled_stages
 from harness.eval.judge_server import ServedModel
-from harness.launch.base import Job, Launcher, make_launcher
+from harness.launch.base import Job, Launcher, make_launcher, wait_for_jobs
 from harness.records import COMPLETE, TrialRecord, read_record, write_record
 from harness.sweep.judge_service import judge_service
 
@@ -85,7 +85,7 @@ def rescore_jobs(requests: list[tuple[Path, str | None]], launcher: Launcher,
             for folder in [f for f, job in running.items() if job.done()]:
                 outcomes[folder] = _outcome(folder, running.pop(folder))
             if running:
-                time.sleep(poll_s)
+                wait_for_jobs(launcher, poll_s)   # a warm local job says at once
     finally:
         for job in running.values():   # interrupted: no job outlives the command
             job.cancel()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from omegaconf import DictConfig
 
 from harness import layout
 from harness.errors import ConfigError
-from harness.launch.base import make_launcher
+from harness.launch.base import make_launcher, wait_for_jobs
 from harness.layout import CONFIG_FILE, RESULT_FILE
 from harness.records import (
     COMPLETE,
@@ -135,7 +134,7 @@ def _run_all(sweep, launcher, todo: list[Planned], shared: TrialSpec) -> None:
             status = record.status if record else f"no record ({job.failure_reason()})"
             print(f"replicate trial {item.number} seed {item.seed}: {status}", flush=True)
         if not ended:
-            time.sleep(poll)
+            wait_for_jobs(launcher, poll)   # a warm local job says at once
 
 
 def _start(sweep, launcher, item: Planned, shared: TrialSpec):
