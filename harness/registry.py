@@ -80,6 +80,7 @@ JUDGE_SERVICES = Registry("eval.judge.serve.where", {
 
 SAMPLERS = Registry("sweep.sampler.name", {
     "tpe": "harness.sweep.samplers:tpe",
+    "gp": "harness.sweep.samplers:gp",
     "random": "harness.sweep.samplers:random",
     "grid": "harness.sweep.samplers:grid",
     "cmaes": "harness.sweep.samplers:cmaes",

@@ -41,18 +41,59 @@ def test_tpe_gets_multivariate_group_constant_liar():
     assert (plain._multivariate, plain._group, plain._constant_liar) == (False, False, True)
 
 
-def test_search_bench_builds_the_tuned_sampler_and_pruner():
-    """search_bench.yaml's blocks, as the driver builds them: TPE (multivariate, constant liar,
-    1 startup trial) and ASHA with its one rung at step 20 (keep the best half)."""
+def test_search_bench_builds_the_tuned_sampler_without_pruning():
+    """search_bench.yaml's blocks, as the driver builds them: the GP sampler (1 startup
+    trial), no pruner; the benchmark's tpe+asha overrides give TPE (multivariate, constant
+    liar) and ASHA with its one rung at step 20 (keep the best half)."""
     cfg = compose_config(["sweep=search_bench"])
     sampler = make_sampler(cfg.sweep.sampler, parse_space(cfg.sweep.params), 1)
-    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert isinstance(sampler, optuna.samplers.GPSampler) and sampler._n_startup_trials == 1
+    assert isinstance(make_pruner(cfg.sweep.pruner), optuna.pruners.NopPruner)
+    cfg = compose_config(["sweep=search_bench", "sweep.sampler.name=tpe",
+                          "sweep.pruner.name=asha", "+sweep.pruner.min_resource=20",
+                          "+sweep.pruner.reduction_factor=2"])
+    sampler = make_sampler(cfg.sweep.sampler, parse_space(cfg.sweep.params), 1)
     study = optuna.create_study(sampler=sampler)
     assert (sampler._is_multivariate(study), sampler._constant_liar,
             sampler._n_startup_trials) == (True, True, 1)
     pruner = make_pruner(cfg.sweep.pruner)
     assert isinstance(pruner, optuna.pruners.SuccessiveHalvingPruner)
     assert (pruner._min_resource, pruner._reduction_factor) == (20, 2)
+
+
+_GP_THEN_FORK = """
+import os, sys
+import optuna, torch
+from omegaconf import OmegaConf
+from harness.launch.warm import fork_child
+from harness.sweep.samplers import make_sampler
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+torch.set_num_threads(2)
+study = optuna.create_study(sampler=make_sampler(
+    OmegaConf.create({"name": "gp", "seed": 0, "n_startup_trials": 1}), [], 1))
+for _ in range(4):   # asks after the first fit the GP in this process, with torch
+    trial = study.ask()
+    x, y = trial.suggest_int("x", 0, 2), trial.suggest_int("y", 0, 2)
+    study.tell(trial, (x - 1) ** 2 + y)
+def train():
+    a = torch.randn(600, 600)
+    for _ in range(10):
+        a = torch.tanh(a @ a)   # multi-threaded ops in the forked child
+pid = fork_child(train)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_a_worker_that_asked_the_gp_sampler_can_still_fork_a_trial():
+    """A SLURM pool worker asks, then forks the trial: with Optuna's GPSampler as it is, the
+    child's first multi-threaded torch op hangs (libgomp's threads do not survive the fork);
+    the harness's GP fits with one thread, so the child trains."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _GP_THEN_FORK], timeout=120,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def _rungs(pruner_cfg: dict, steps: list[int]) -> dict[str, float]:
@@ -103,15 +144,19 @@ def test_hyperband_gets_its_settings():
      "sweep.sampler.multivariate must be true or false or null, got 'maybe'"),
     ("sweep.sampler.constant_liar=null",
      "sweep.sampler.constant_liar must be true or false, got None"),
-    ("sweep.pruner.reduction_factor=1",
+    ("+sweep.pruner.reduction_factor=1",
      "sweep.pruner.reduction_factor must be an integer >= 2, got 1"),
-    ("sweep.pruner.min_resource=0",
+    ("sweep.sampler.deterministic_objective=1",
+     "sweep.sampler.deterministic_objective must be true or false, got 1"),
+    ("+sweep.pruner.min_resource=0",
      "sweep.pruner.min_resource must be an integer >= 1 or auto, got 0"),
-    ("sweep.pruner.min_resource=40",
+    ("+sweep.pruner.min_resource=40",
      "sweep.pruner.min_resource (40) must be <= sweep.pruner.max_resource (30)"),
 ])
 def test_bad_search_value_is_one_line(override, line):
-    cfg = compose_config(["sweep=search_bench", override])
+    cfg = compose_config(["sweep=search_bench", "sweep.pruner.name=asha",
+                          "+sweep.pruner.max_resource=30",
+                          "+sweep.sampler.deterministic_objective=false", override])
     problems = Problems()
     validate_sweep(cfg, 1, problems)
     assert problems.lines == [line]

@@ -20,7 +20,8 @@ def check_search(sweep: DictConfig, add: Callable[[str], None]) -> None:
     sampler, pruner = sweep.sampler, sweep.pruner
     if PRUNE_SIGNALS.check(pruner.get("signal", "eval_loss")):
         add(PRUNE_SIGNALS.check(pruner.get("signal", "eval_loss")))
-    for key, allow_null in (("multivariate", True), ("group", False), ("constant_liar", False)):
+    for key, allow_null in (("multivariate", True), ("group", False), ("constant_liar", False),
+                            ("deterministic_objective", False)):
         value = sampler.get(key, _UNSET)
         if value is not _UNSET and not (isinstance(value, bool) or (allow_null and value is None)):
             add(f"sweep.sampler.{key} must be true or false{' or null' if allow_null else ''}, "

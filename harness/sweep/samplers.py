@@ -29,6 +29,37 @@ def tpe(sampler: DictConfig, space: list[Param]) -> optuna.samplers.BaseSampler:
         constant_liar=bool(sampler.get("constant_liar", True)))
 
 
+def gp(sampler: DictConfig, space: list[Param]) -> optuna.samplers.BaseSampler:
+    """Gaussian-process Bayesian optimization (Optuna GPSampler): log expected improvement,
+    its batch form (qLogEI) over the running trials for parallel asks. `deterministic_objective`
+    fixes the surrogate's noise at its minimum (seeded training). It models complete trials
+    only: pruned ones teach it nothing (benchmarks/search_efficiency.py runs it unpruned)."""
+    return SingleThreadGPSampler(
+        seed=sampler.get("seed"), n_startup_trials=sampler.get("n_startup_trials", 10),
+        deterministic_objective=bool(sampler.get("deterministic_objective", False)))
+
+
+class SingleThreadGPSampler(optuna.samplers.GPSampler):
+    """GPSampler that fits and searches with one torch thread.
+
+    GPSampler runs torch on the CPU in the process that asks. A SLURM pool worker asks and
+    then forks the trial (harness.launch.warm.fork_child): once torch has run an OpenMP
+    parallel region, libgomp's thread team does not survive the fork and the child's first
+    multi-threaded op hangs (reproduced with torch 2 and Optuna 5). With one thread torch never
+    starts the team; a GP over tens of trials does not need more.
+    """
+
+    def sample_relative(self, study, trial, search_space):  # noqa: D102
+        import torch  # GPSampler's own dependency; TPE sweeps never import it in the driver
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return super().sample_relative(study, trial, search_space)
+        finally:
+            torch.set_num_threads(threads)
+
+
 def random(sampler: DictConfig, space: list[Param]) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=sampler.get("seed"))
 
