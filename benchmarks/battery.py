@@ -11,8 +11,10 @@ composes the default sweep's evaluation config from its own tree's `conf/` (what
 harness` evaluates), loads the saved model and serves the embedded judge (neither timed), and
 runs the trial's battery (`run_battery`, then `score_preferences` as `harness.trial.run` does).
 
-Round 0 is the sweep's first trial (an empty stage cache: a scoring reward model the battery
-needs is trained then); later rounds are the other trials (best of the rounds is shown). The
+Round 0 is the sweep's first trial with an empty stage cache (a scoring reward model the
+battery needs is trained then: what a trial paid before the base-model job built it for the
+sweep, and still pays when that job did not); later rounds are the other trials (best of the
+rounds is shown). The
 per-trial figure is (first + (N-1) x later) / N for an N-trial sweep (`--sweeps`, default 6:
 the default sweep). Judgments are never served from the judge cache (a fresh cache per round).
 

@@ -54,7 +54,9 @@ class TrialSpec:
     a judge server the driver runs for every trial (127.0.0.1, or the node:port of the SLURM
     judge job with eval.judge.serve.where=slurm; None: the trial's own `eval.judge`);
     threads: torch threads; git_commit: the harness checkout that ran the driver; prediction:
-    the estimator's prediction for the trial (harness.estimate.predict), copied into the record.
+    the estimator's prediction for the trial (harness.estimate.predict), copied into the record;
+    build_scorer: the base-model job builds the sweep's scoring reward model (some trial of the
+    sweep computes preference metrics) and scores the base model with it.
     """
 
     number: int = 0
@@ -72,6 +74,7 @@ class TrialSpec:
     threads: int | None = None
     git_commit: str | None = None
     prediction: dict | None = None   # harness.estimate's Prediction (peak_gb, parts_gb, ...)
+    build_scorer: bool = False
 
     @classmethod
     def from_config(cls, cfg: DictConfig) -> TrialSpec:

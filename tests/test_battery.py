@@ -53,6 +53,12 @@ def test_bad_battery_settings_are_one_line_each():
     assert any("data.preference.metrics.enabled" in line for line in lines)
     assert any("eval.perplexity.batch_size" in line for line in lines)
     assert problems(["eval.perplexity.batch_size=3"]) == problems([]) == []   # int or auto
+    scorer = problems(["+data.preference.metrics.scorer.train.max_stepz=3",
+                       "+data.preference.metrics.scorer.pef=lora"])
+    assert [line.split(" is not a key")[0] for line in scorer] == [
+        "data.preference.metrics.scorer.train.max_stepz", "data.preference.metrics.scorer.pef"]
+    assert "max_steps" in scorer[0] and "peft" in scorer[1]    # the keys it could have meant
+    assert problems(["+data.preference.metrics.scorer.train.max_steps=3"]) == []
 
 
 def test_perplexity_batching_per_device():

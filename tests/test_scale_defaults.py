@@ -13,7 +13,7 @@ from harness.config.compose import compose_config, resolve_paths
 from harness.config.validate import Problems, validate_trial_config
 from harness.sweep.driver import Sweep, trial_config
 from harness.sweep.space import parse_space
-from harness.trial.stages import reward_method
+from harness.trial.stages import reward_method, scorer_method
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml") if not p.stem.startswith("_"))
@@ -149,6 +149,21 @@ def test_scoring_reward_model_matches_ppo_reward_stage():
     tiny = OmegaConf.to_container(reward_method(_cfg("method=dpo")), resolve=True)
     assert tiny["peft"] == "none" and tiny["max_length"] == 256
     assert tiny["train"]["per_device_train_batch_size"] == 8
+
+
+def test_scorer_overrides_change_the_scorer_of_every_method_not_ppos_reward():
+    """data.preference.metrics.scorer sizes the one scoring reward model of a sweep, PPO
+    trials' included; the reward PPO trains against stays method.reward."""
+    plain = {m: _cfg(f"method={m}") for m in ("dpo", "ppo")}
+    assert OmegaConf.to_container(scorer_method(plain["ppo"]), resolve=True) \
+        == OmegaConf.to_container(plain["ppo"].method.reward, resolve=True)
+    sized = {m: _cfg(f"method={m}", "+data.preference.metrics.scorer.train.max_steps=7")
+             for m in ("dpo", "ppo")}
+    for cfg in sized.values():
+        assert scorer_method(cfg).train.max_steps == 7
+        assert scorer_method(cfg).train.learning_rate == 1.0e-4   # the rest as in _reward
+    assert sized["ppo"].method.reward.train.max_steps == reward_method(sized["ppo"]).train \
+        .max_steps == 150
 
 
 def test_cfg_job_prints_the_real_scale_ppo_config(capsys):

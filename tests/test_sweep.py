@@ -112,6 +112,33 @@ def test_failing_trial_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert states == ["COMPLETE", "FAIL"]
 
 
+def test_sft_sweep_that_asks_for_preference_metrics_trains_its_scorer_before_any_trial(tmp_path):
+    # issue 13: the scoring reward model is built by the base-model job, never inside a trial
+    smallest = ["eval.rouge.max_samples=2", "eval.perplexity.max_texts=4",
+                "eval.lm_eval.enabled=false", "eval.mt_bench.enabled=false",
+                "data.preference.metrics.max_pairs=8", "data.preference.metrics.max_prompts=4",
+                "data.preference.metrics.max_new_tokens=8", "launcher.parallel=1"]
+    result = run_cli(["sweep.name=scorer", "sweep.n_trials=1", "method.train.max_steps=2",
+                      "method.train.eval_steps=0", "data.preference.metrics.enabled=true",
+                      "+data.preference.metrics.scorer.train.max_steps=3", *smallest],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    base_dir, = (tmp_path / "sweeps" / "scorer" / "baseline").iterdir()
+    base = read_record(base_dir)
+    built, = [s for s in base.stages if s["role"] == "scoring"]
+    assert not built["reused"] and base.extra["scorer_train_seconds"] > 0
+    assert built["extra"]["steps"] == 3                        # the scorer override applies
+    assert 0 <= base.metrics["pref_accuracy"] <= 1 and "reward_mean" in base.metrics
+    trial, = _records(tmp_path, "scorer")
+    assert trial.status == "COMPLETE" and trial.method == "lora"
+    used, = [s for s in trial.stages if s["role"] == "scoring"]
+    assert used["reused"] and used["hash"] == built["hash"]   # the trial trained no scorer
+    assert {"pref_accuracy", "reward_mean", "win_rate_vs_sft"} <= set(trial.metrics)
+    assert trial.delta_vs_base["reward_mean"] == pytest.approx(
+        trial.metrics["reward_mean"] - base.metrics["reward_mean"])
+    assert trial.extra["base_reward_mean"] == base.metrics["reward_mean"]
+
+
 def test_sigkill_then_rerun_resumes_without_rerunning(tmp_path):
     args = ["sweep.name=resume", "sweep.n_trials=3", *DRIVER_ONLY]
     env = {**os.environ, "HARNESS_CACHE": str(REPO / ".cache" / "harness")}

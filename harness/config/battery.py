@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from harness.config.scale import check_scorer
 from harness.errors import ConfigError
 
 PREFERENCE_METRICS = ("pref_accuracy", "reward_mean", "win_rate_vs_sft")
@@ -79,13 +80,14 @@ def perplexity_batching(setting, device_type: str,
 
 
 def check_battery(cfg: DictConfig) -> None:
-    """ConfigError with a line per bad setting: the preference-metrics switch, the
-    perplexity batch size."""
+    """ConfigError with a line per bad setting: the preference-metrics switch and scorer
+    overrides, the MT-Bench and perplexity batch sizes."""
     lines = []
-    try:
-        trial_wants_preference(cfg)
-    except ConfigError as exc:
-        lines.extend(exc.problems)
+    for check in (trial_wants_preference, check_scorer):
+        try:
+            check(cfg)
+        except ConfigError as exc:
+            lines.extend(exc.problems)
     mt_batch = (cfg.eval.get("mt_bench") or {}).get("batch_size", 1)
     if isinstance(mt_batch, bool) or not isinstance(mt_batch, int) or mt_batch < 1:
         lines.append(f"eval.mt_bench.batch_size must be an integer >= 1, got {mt_batch!r}")

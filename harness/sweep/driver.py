@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from harness import layout
+from harness.config.battery import trial_wants_preference
 from harness.config.compose import compose_config, resolve_paths, to_yaml
 from harness.config.validate import Problems, validate_sweep, validate_trial_config
 from harness.data.card import DataCard, write_card
@@ -84,6 +85,7 @@ class Sweep:
     space: list[Param]
     fixed: list[str] = field(default_factory=list)
     data_card: DataCard | None = None   # written into the sweep folder by run(), not before
+    scores_preferences: bool = False   # some trial computes preference metrics (prepare)
 
     @property
     def name(self) -> str:
@@ -118,6 +120,7 @@ def prepare(cli_overrides: list[str]) -> Sweep:
             probe = trial_config(sweep, values)
             validate_trial_config(probe, problems)
             check_trial(probe, problems.add)   # estimator settings; a limit needs an estimate
+            sweep.scores_preferences |= trial_wants_preference(probe)
         except ConfigError as exc:   # a suggested value Hydra cannot even compose
             for line in exc.problems:
                 problems.add(line)
@@ -403,8 +406,9 @@ class Driver:
         record = read_record(base_dir)
         if record is not None and record.status == COMPLETE:
             return record
-        write_trial_config(base_dir, cfg, self.spec(number=-1, baseline=True,
-                                                    seed=int(cfg.seed), dir=str(base_dir)))
+        write_trial_config(base_dir, cfg, self.spec(  # + the sweep's scorer, before any trial
+            number=-1, baseline=True, seed=int(cfg.seed), dir=str(base_dir),
+            build_scorer=self.sweep.scores_preferences))
         print(f"evaluating the base model once for this sweep ({base_dir})", flush=True)
         job = self.launcher.submit(base_dir)
         while not job.done():

@@ -48,7 +48,13 @@ from harness.trial.saved import (
     lora_dtypes,
     release_memory,
 )
-from harness.trial.scoring import SKIPPED, PreferenceResult, preference_metrics, scoring_stage
+from harness.trial.scoring import (
+    SKIPPED,
+    PreferenceResult,
+    base_preference,
+    preference_metrics,
+    scoring_stage,
+)
 
 log = logging.getLogger("harness.trial.run")
 
@@ -93,6 +99,8 @@ def run_pipeline(ctx: TrialContext, record: TrialRecord) -> None:
     run_battery(trained.model, trained.tokenizer, ctx.cfg, spec=ctx.spec).fill(record)
     record.metrics.update(trained.metrics)   # the pipeline's own (online methods: KL, distinct-n)
     if ctx.spec.baseline:
+        if ctx.spec.build_scorer:
+            score_base(ctx, trained, record)
         return
     try:
         score_preferences(ctx, trained, record)
@@ -121,14 +129,30 @@ def score_preferences(ctx: TrialContext, trained: Trained, record: TrialRecord) 
     """The preference metrics against the sweep's scoring reward model (if any)."""
     start = time.perf_counter()
     progress.report("eval", "preference", force=True)
-    scorer = scoring_stage(ctx)   # the sweep's reward model: trained by the first trial
+    scorer = scoring_stage(ctx)   # the sweep's reward model: built by the base-model job
     if scorer is None:
         record.extra["preference_metrics"] = SKIPPED
         return
     record.stages.append(asdict(scorer))
     record_preference(record, preference_metrics(ctx, trained, scorer))
     # evaluation time, including the sweep's reward model when this trial had to train it
+    # (the base-model job did not: harness.trial.scoring)
     record.eval_seconds += time.perf_counter() - start
+
+
+def score_base(ctx: TrialContext, trained: Trained, record: TrialRecord) -> None:
+    """The base-model job of a sweep that computes preference metrics: build the sweep's
+    scoring reward model here, once, before any trial needs it, and score the base model
+    (its training time goes to extra.scorer_train_seconds, not eval_seconds)."""
+    progress.report("eval", "preference", force=True)
+    scorer = scoring_stage(ctx, every_method=True)
+    if scorer is None:
+        return
+    start = time.perf_counter()
+    record.stages.append(asdict(scorer))
+    record_preference(record, base_preference(ctx, trained, scorer))
+    record.eval_seconds += time.perf_counter() - start
+    record.extra["scorer_train_seconds"] = 0.0 if scorer.reused else scorer.seconds
 
 
 # ----------------------------------------------------------------------------- the record

@@ -1,6 +1,9 @@
 """Preference metrics of a trained policy against its reference, scored by the sweep's reward
-model: `scoring_stage` (the cached reward stage, trained by the first trial that needs it),
-then `preference_metrics` (pref_accuracy, reward_mean, win_rate_vs_sft)."""
+model: `scoring_stage` (the cached reward stage), then `preference_metrics` (pref_accuracy,
+reward_mean, win_rate_vs_sft). In a sweep that computes them, the job that evaluates the base
+model builds the scoring stage first (`base_preference`, spec.build_scorer), so no trial pays
+for training it; a trial builds it only when that job did not (a base record cached before the
+sweep asked for preference metrics)."""
 
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ from harness.trial.stages import (
     base_hash,
     cached_json,
     plain,
-    reward_method,
     reward_stage,
+    scorer_method,
     stage_hash,
     stage_model_cfg,
 )
@@ -42,23 +45,27 @@ def preference_enabled(ctx: TrialContext) -> bool:
     return trial_wants_preference(ctx.cfg)
 
 
-def scoring_stage(ctx: TrialContext) -> Stage | None:
+def scoring_stage(ctx: TrialContext, every_method: bool = False) -> Stage | None:
     """The sweep's scoring reward model (role "scoring"), built once and cached; None when
     the trial computes no preference metrics (so an SFT trial of a sweep that does not ask
-    for them never trains one)."""
-    if not preference_enabled(ctx):
+    for them never trains one). every_method: the base-model job of a sweep where some trial
+    computes them (the driver decided: spec.build_scorer); None there when the scorer starts
+    from an SFT stage (`init: sft`), which only a trial's own chain has."""
+    if every_method:
+        if ctx.cfg.data.get("preference") is None \
+                or scorer_method(ctx.cfg).get("init", "base") != "base":
+            return None
+    elif not preference_enabled(ctx):
         return None
-    return replace(reward_stage(ctx.cfg, ctx.stages_root), role="scoring")
+    return replace(reward_stage(ctx.cfg, ctx.stages_root, method=scorer_method(ctx.cfg)),
+                   role="scoring")
 
 
 def preference_metrics(ctx: TrialContext, trained: Trained, scorer: Stage) -> PreferenceResult:
     """pref_accuracy, reward_mean and win_rate_vs_sft of the trained policy; the reference
     (the SFT stage of a chained method, else the base model) figures go to `extra`."""
     cfg, reference = ctx.cfg, trained.reference
-    rows, prompts = metric_rows(cfg.data)
-    block = reward_method(cfg)   # on the trial's device, quantized and truncated as set
-    rm = load_reward_model(Path(scorer.dir) / "model", cfg.model, block.get("quantization"))
-    length = int(block.max_length)
+    rows, prompts, rm, length = _scorer_inputs(ctx, scorer)
     ours = policy_eval(trained.model, trained.tokenizer, rows, prompts, rm,
                        cfg.data.preference.metrics, max_length=length)
     ref = _reference_eval(ctx, reference, scorer, rows, prompts, rm, length)
@@ -75,9 +82,31 @@ def preference_metrics(ctx: TrialContext, trained: Trained, scorer: Stage) -> Pr
                                        f"{name}_reward": r} for p, g, s, r in samples]})
 
 
+def base_preference(ctx: TrialContext, trained: Trained, scorer: Stage) -> PreferenceResult:
+    """The untrained base model's pref_accuracy and reward_mean under the sweep's scorer (the
+    base-model job, after building the scorer): the base values the trials' deltas compare
+    against, cached where SFT-only trials read them as their reference."""
+    rows, prompts, rm, length = _scorer_inputs(ctx, scorer)
+    ref = _reference_eval(ctx, None, scorer, rows, prompts, rm, length,
+                          loaded=(trained.model, trained.tokenizer))
+    return PreferenceResult(metrics={"pref_accuracy": ref["pref_accuracy"],
+                                     "reward_mean": ref["reward_mean"]})
+
+
+def _scorer_inputs(ctx: TrialContext, scorer: Stage) -> tuple[list[dict], list[str], tuple, int]:
+    """The held-out pairs and prompts, the scoring reward model (on the trial's device,
+    quantized as set) and its truncation length."""
+    rows, prompts = metric_rows(ctx.cfg.data)
+    block = scorer_method(ctx.cfg)
+    rm = load_reward_model(Path(scorer.dir) / "model", ctx.cfg.model, block.get("quantization"))
+    return rows, prompts, rm, int(block.max_length)
+
+
 def _reference_eval(ctx: TrialContext, reference: Stage | None, scorer: Stage,
-                    rows: list[dict], prompts: list[str], rm, max_length: int) -> dict:
-    """The reference policy's preference eval, cached in its stage dir per scorer/settings."""
+                    rows: list[dict], prompts: list[str], rm, max_length: int,
+                    loaded: tuple | None = None) -> dict:
+    """The reference policy's preference eval, cached in its stage dir per scorer/settings;
+    `loaded`: the reference (model, tokenizer) already in memory (the base-model job)."""
     cfg = ctx.cfg
     settings = stage_hash({"metrics": plain(cfg.data.preference.metrics),
                            "test": plain(cfg.data.preference.test)}, scorer.hash)
@@ -85,8 +114,11 @@ def _reference_eval(ctx: TrialContext, reference: Stage | None, scorer: Stage,
     folder.mkdir(parents=True, exist_ok=True)
 
     def build() -> dict:
-        model_cfg = stage_model_cfg(cfg.model, reference) if reference else cfg.model
-        model, tok = load_base_model(model_cfg), load_tokenizer(model_cfg)
+        if loaded is not None:
+            model, tok = loaded
+        else:
+            model_cfg = stage_model_cfg(cfg.model, reference) if reference else cfg.model
+            model, tok = load_base_model(model_cfg), load_tokenizer(model_cfg)
         return policy_eval(model, tok, rows, prompts, rm, cfg.data.preference.metrics,
                            max_length=max_length)
 

@@ -195,10 +195,17 @@ def stage_model_cfg(model_cfg: DictConfig, stage: Stage) -> DictConfig:
 
 
 def reward_method(cfg: DictConfig) -> DictConfig:
-    """The reward stage config: method.reward (ppo/grpo/rloo), else conf/method/_reward.yaml
-    with the scale's reward settings (harness.config.scale)."""
+    """The reward stage a method trains against: method.reward (ppo/grpo/rloo), else the
+    sweep's scorer (scorer_method)."""
     if cfg.method.get("reward") is not None:
         return cfg.method.reward
+    return scorer_method(cfg)
+
+
+def scorer_method(cfg: DictConfig) -> DictConfig:
+    """The sweep's scoring reward model config, the same for every method:
+    conf/method/_reward.yaml with the scale's reward settings and the
+    data.preference.metrics.scorer overrides (harness.config.scale)."""
     root = OmegaConf.create(plain(cfg))
     root._reward = reward_block(cfg)   # + the scale's reward settings (harness.config.scale)
     return OmegaConf.create(plain(root._reward))
@@ -257,9 +264,11 @@ def model_folder(model_cfg: DictConfig) -> str | None:
 # ----------------------------------------------------------------------------- reward stage
 
 
-def reward_stage(cfg: DictConfig, root: Path, sft: Stage | None = None) -> Stage:
-    """The reward model stage (from the base, or from `sft` when method init is sft)."""
-    method = reward_method(cfg)
+def reward_stage(cfg: DictConfig, root: Path, sft: Stage | None = None,
+                 method: DictConfig | None = None) -> Stage:
+    """The reward model stage (from the base, or from `sft` when its init is sft); `method`:
+    its config (default reward_method: the one the trial's method trains against)."""
+    method = reward_method(cfg) if method is None else method
     rows_spec = cfg.data.preference.train
     from_sft = method.get("init", "base") == "sft"
     if from_sft and sft is None:
