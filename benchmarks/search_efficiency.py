@@ -22,7 +22,8 @@ the grid under search_bench's step budget (sweep.max_train_steps=243, 30% of the
                  objective's texts (signal=perplexity_text); pruned steps buy more trials
   gp+asha        the Gaussian-process sampler with that ASHA
   gp             search_bench.yaml as it stands, the tuned settings (TUNED): Gaussian-process
-                 Bayesian optimization (Optuna GPSampler, 1 startup trial), no pruning
+                 Bayesian optimization (Optuna GPSampler, 1 startup trial, noise-free:
+                 the trials are seeded), no pruning
 
 --mode live (default) runs every sweep through the real driver (`python -m harness`,
 launcher=local, parallel 2). --mode replay replays them on grid runs' records instead

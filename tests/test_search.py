@@ -42,12 +42,13 @@ def test_tpe_gets_multivariate_group_constant_liar():
 
 
 def test_search_bench_builds_the_tuned_sampler_without_pruning():
-    """search_bench.yaml's blocks, as the driver builds them: the GP sampler (1 startup
-    trial), no pruner; the benchmark's tpe+asha overrides give TPE (multivariate, constant
+    """search_bench.yaml's blocks, as the driver builds them: the noise-free GP sampler (1
+    startup trial), no pruner; the benchmark's tpe+asha overrides give TPE (multivariate, constant
     liar) and ASHA with its one rung at step 20 (keep the best half)."""
     cfg = compose_config(["sweep=search_bench"])
     sampler = make_sampler(cfg.sweep.sampler, parse_space(cfg.sweep.params), 1)
     assert isinstance(sampler, optuna.samplers.GPSampler) and sampler._n_startup_trials == 1
+    assert sampler._deterministic   # seeded trials: a noise-free GP
     assert isinstance(make_pruner(cfg.sweep.pruner), optuna.pruners.NopPruner)
     cfg = compose_config(["sweep=search_bench", "sweep.sampler.name=tpe",
                           "sweep.pruner.name=asha", "+sweep.pruner.min_resource=20",
