@@ -156,8 +156,7 @@ def test_hyperband_gets_its_settings():
 ])
 def test_bad_search_value_is_one_line(override, line):
     cfg = compose_config(["sweep=search_bench", "sweep.pruner.name=asha",
-                          "+sweep.pruner.max_resource=30",
-                          "+sweep.sampler.deterministic_objective=false", override])
+                          "+sweep.pruner.max_resource=30", override])
     problems = Problems()
     validate_sweep(cfg, 1, problems)
     assert problems.lines == [line]
