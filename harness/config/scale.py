@@ -30,17 +30,21 @@ def reward_block(cfg: DictConfig) -> DictConfig:
     return OmegaConf.merge(block, _overrides(cfg))
 
 
-def _overrides(cfg: DictConfig) -> dict:
+def _scorer_node(cfg: DictConfig):
+    """data.preference.metrics.scorer as given (None when unset or without preference data)."""
     pref = (cfg.get("data") or {}).get("preference") or {}
-    node = (pref.get("metrics") or {}).get("scorer")
+    return (pref.get("metrics") or {}).get("scorer")
+
+
+def _overrides(cfg: DictConfig) -> dict:
+    node = _scorer_node(cfg)
     return {} if node is None else OmegaConf.to_container(node, resolve=False)
 
 
 def check_scorer(cfg: DictConfig) -> None:
     """ConfigError with a line per scorer override that is not a mapping or names a key
     conf/method/_reward.yaml does not have (it would be silently ignored)."""
-    pref = (cfg.get("data") or {}).get("preference") or {}
-    node = (pref.get("metrics") or {}).get("scorer")
+    node = _scorer_node(cfg)
     if node is None:
         return
     if not isinstance(node, DictConfig):
